@@ -1,0 +1,187 @@
+//! The validated configuration of one microinit run.
+//!
+//! Owns: the typed shape of every option (flags and their `MICROINIT_*`/`CONSUL_*` env twins, already
+//! merged by `cli`). Does not own: parsing argv or reading the environment (`cli`), nor acting on any of it.
+//! Every other module takes the piece of `Config` it needs and nothing else.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which command-line dialect we were started with (chosen by argv[0] or the subcommand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Microinit,
+    Tini,
+    DumbInit,
+}
+
+/// How the app is placed in sessions / process groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// setsid(): own session and process group (microinit default, dumb-init default).
+    Session,
+    /// setpgid(0,0): own process group in our session (tini's behaviour).
+    ProcessGroup,
+    /// Stay in microinit's group (dumb-init with DUMB_INIT_SETSID=0).
+    None,
+}
+
+/// What to do with a signal microinit receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    pub from: i32,
+    /// 0 means: drop the signal (dumb-init semantics).
+    pub to: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// Everything the PID-1 core needs to run and signal the app.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub command: Vec<OsString>,
+    /// Deliver forwarded signals to the app's whole process group (`-g`).
+    pub signal_group: bool,
+    pub isolation: Isolation,
+    pub rewrites: Vec<Rewrite>,
+    /// Signal the app gets when microinit dies (`-p/--pdeathsig`).
+    pub pdeathsig: Option<i32>,
+    /// Exit codes of the app that are reported as 0 (`-e/--remap-exit`).
+    pub remap_exit: Vec<i32>,
+    /// After forwarding SIGTERM/SIGINT (and after the app exits, for leftovers): how long before SIGKILL.
+    pub grace: Duration,
+    /// Become a child subreaper when not PID 1 (always tried; `tini -s` only silences the warning).
+    pub warn_not_reaper: bool,
+    /// tini -w: log every reaped zombie at warn level.
+    pub warn_on_reap: bool,
+    /// dumb-init -c: only forward signals, no setsid and no group delivery.
+    pub restart: RestartPolicy,
+    pub max_restarts: Option<u32>,
+    pub hooks: Hooks,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub pre_start: Option<String>,
+    pub pre_stop: Option<String>,
+    pub post_stop: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Options of the runtime check (issue: symlinked runtime from the volume).
+#[derive(Debug, Clone)]
+pub struct RuntimeCheckConfig {
+    pub enabled: bool,
+    /// The volume's mount point; symlinks into it from the standard directories must resolve.
+    pub runtime_dir: PathBuf,
+    /// Extra paths that must exist (`--require`).
+    pub require: Vec<PathBuf>,
+    /// Wait this long for a late volume before failing.
+    pub wait: Option<Duration>,
+    /// Filesystem root the check resolves paths against ("/" in production; tests may point elsewhere).
+    pub root: PathBuf,
+}
+
+/// A secret (Consul token). Never printed: Debug and Display redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    /// The only way to read the value: for the HTTP header, nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the Consul agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulAddr {
+    /// "http" or "https".
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ConsulAddr {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// When the service is first marked passing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// As soon as the app is spawned.
+    Immediate,
+    /// When the health command first passes.
+    HealthCmd,
+    /// When a TCP connect to this address succeeds.
+    Tcp(String),
+}
+
+/// The service definition to register.
+#[derive(Debug, Clone)]
+pub enum ServiceSource {
+    /// Built from MICROINIT_SERVICE_* variables.
+    Fields {
+        name: String,
+        id: String,
+        port: Option<u16>,
+        address: Option<String>,
+        tags: Vec<String>,
+        meta: Vec<(String, String)>,
+    },
+    /// A service definition in Consul's JSON format (`--service-file`), already parsed.
+    File { path: PathBuf, definition: serde_json::Value },
+}
+
+/// Options of Consul registration; `None` in `Config` when registration is off.
+#[derive(Debug, Clone)]
+pub struct ConsulConfig {
+    pub addr: ConsulAddr,
+    pub token: Option<Secret>,
+    pub cacert: Option<PathBuf>,
+    pub service: ServiceSource,
+    pub check_ttl: Duration,
+    pub deregister_after: Duration,
+    pub health_cmd: Option<String>,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub readiness: Readiness,
+    /// Time between deregistering and forwarding SIGTERM.
+    pub drain: Duration,
+    /// Any registration failure is fatal instead of logged.
+    pub required: bool,
+}
+
+/// The control socket (`microinit status` & friends).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+/// A whole supervising run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dialect: Dialect,
+    pub supervisor: SupervisorConfig,
+    pub runtime: RuntimeCheckConfig,
+    pub consul: Option<ConsulConfig>,
+    pub control: ControlConfig,
+}

@@ -1,0 +1,121 @@
+//! Command lookup with execvp's rules: a name containing '/' is used as is, anything else is searched in
+//! PATH (default "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").
+//!
+//! Owns: turning CMD into the path that will be executed and the 126/127 distinction. Does not own: what
+//! that file needs at run time (`runtime_check`).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a command could not be resolved to an executable file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// Nothing by that name (exit 127). Carries every path tried.
+    NotFound { tried: Vec<PathBuf> },
+    /// Found, but not executable or a directory (exit 126).
+    NotExecutable { path: PathBuf, reason: String },
+}
+
+impl LookupError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LookupError::NotFound { .. } => 127,
+            LookupError::NotExecutable { .. } => 126,
+        }
+    }
+
+    /// One line for stderr, naming what was tried and what to do.
+    pub fn message(&self, name: &OsStr) -> String {
+        match self {
+            LookupError::NotFound { tried } if tried.len() == 1 => format!(
+                "command not found: {} (no such file; check the path or the image's contents)",
+                tried[0].display()
+            ),
+            LookupError::NotFound { tried } => format!(
+                "command not found: {} (searched PATH: {}); set PATH or give an absolute path",
+                name.to_string_lossy(),
+                tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            LookupError::NotExecutable { path, reason } => format!(
+                "command not executable: {} ({reason}); chmod +x it or run it through its interpreter",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Resolve `name` like execvp does, with `path_var` as PATH (None → DEFAULT_PATH).
+pub fn resolve(name: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, LookupError> {
+    if name.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(name);
+        return check_executable(&p).map(|()| p);
+    }
+    let path_var: OsString = path_var
+        .map(OsStr::to_os_string)
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    let mut tried = Vec::new();
+    // execvp keeps searching after EACCES and reports it only if nothing later matches.
+    let mut first_denied: Option<LookupError> = None;
+    for dir in path_var.as_bytes().split(|b| *b == b':') {
+        // An empty PATH element means the current directory (POSIX).
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let candidate = dir.join(name);
+        match check_executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e @ LookupError::NotExecutable { .. }) => {
+                first_denied.get_or_insert(e);
+            }
+            Err(LookupError::NotFound { .. }) => {}
+        }
+        tried.push(candidate);
+    }
+    Err(first_denied.unwrap_or(LookupError::NotFound { tried }))
+}
+
+fn check_executable(p: &Path) -> Result<(), LookupError> {
+    match std::fs::metadata(p) {
+        Err(_) => Err(LookupError::NotFound { tried: vec![p.to_path_buf()] }),
+        Ok(m) if m.is_dir() => Err(LookupError::NotExecutable {
+            path: p.to_path_buf(),
+            reason: "is a directory".into(),
+        }),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(LookupError::NotExecutable {
+            path: p.to_path_buf(),
+            reason: "no execute permission".into(),
+        }),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sh_in_default_path() {
+        let p = resolve(OsStr::new("sh"), None).unwrap();
+        assert!(p.ends_with("sh"));
+    }
+
+    #[test]
+    fn missing_names_every_dir_tried() {
+        let e = resolve(OsStr::new("no-such-cmd-xyz"), Some(OsStr::new("/bin:/usr/bin"))).unwrap_err();
+        assert_eq!(e.exit_code(), 127);
+        let msg = e.message(OsStr::new("no-such-cmd-xyz"));
+        assert!(msg.contains("/bin/no-such-cmd-xyz") && msg.contains("/usr/bin/no-such-cmd-xyz"), "{msg}");
+    }
+
+    #[test]
+    fn directory_is_not_executable() {
+        let e = resolve(OsStr::new("/tmp"), None).unwrap_err();
+        assert_eq!(e.exit_code(), 126);
+    }
+}
