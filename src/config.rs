@@ -185,3 +185,117 @@ pub struct Config {
     pub consul: Option<ConsulConfig>,
     pub control: ControlConfig,
 }
+
+/// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).
+///
+/// `cli` fills it from the environment first and then from flags (a flag wins over its env twin; a repeatable
+/// flag given on the command line replaces the env values). Each section of `Config` is then parsed from it,
+/// so a flag and its env twin can never disagree in meaning.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    values: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Options {
+    pub fn set(&mut self, key: &str, values: Vec<String>) {
+        self.values.insert(key.to_string(), values);
+    }
+    /// The last value given for `key`, if any (empty strings count as unset).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    /// Every value given for a repeatable option.
+    pub fn all(&self, key: &str) -> &[String] {
+        self.values.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// A boolean option: "1", "true", "yes", "on" (any case) are true; unset is false.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key)
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false)
+    }
+    /// A duration option, or `default` when unset. The error names the option.
+    pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => parse_duration(v).map_err(|e| format!("{key}={v}: {e}")),
+        }
+    }
+}
+
+/// "250ms", "10s", "1m", "2h", "1m30s" or a bare number of seconds ("1.5").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return secs_to_duration(secs);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration; use e.g. 500ms, 10s, 1m".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("bad duration {s:?}; use e.g. 500ms, 10s, 1m"))?;
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("bad duration unit in {s:?}; use ms, s, m or h")),
+        };
+        total += n * scale;
+        rest = tail;
+    }
+    secs_to_duration(total)
+}
+
+fn secs_to_duration(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("duration out of range: {secs}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn options_last_value_wins_and_empty_is_unset() {
+        let mut o = Options::default();
+        o.set("A", vec!["1".into(), "2".into()]);
+        o.set("B", vec!["".into()]);
+        assert_eq!(o.get("A"), Some("2"));
+        assert_eq!(o.get("B"), None);
+        assert!(!o.flag("B"));
+        assert_eq!(o.all("A").len(), 2);
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?}"), "<redacted>");
+    }
+}
