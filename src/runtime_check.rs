@@ -667,16 +667,20 @@ impl<'a> Checker<'a> {
         kind: Kind,
         path: &Path,
         needed_by: Option<&Path>,
-        real: &Path,
+        canon: &Canon,
         reason: String,
     ) {
-        let watch = vec![real.parent().unwrap_or(Path::new("/")).to_path_buf()];
-        let (path, needed_by) = (path.to_path_buf(), needed_by.map(Path::to_path_buf));
+        let watch = vec![canon.real.parent().unwrap_or(Path::new("/")).to_path_buf()];
+        let (path, needed_by, hops) = (
+            path.to_path_buf(),
+            needed_by.map(Path::to_path_buf),
+            canon.hops.clone(),
+        );
         self.report.add_missing(Missing {
             kind,
             path,
             needed_by,
-            hops: Vec::new(),
+            hops,
             reason,
             watch,
         });
@@ -818,11 +822,11 @@ impl<'a> Checker<'a> {
             Ok(c) => c,
             Err(u) => return self.missing(kind, named, needed_by, u),
         };
-        let real = canon.real;
-        let content = match self.inspect(&real) {
+        let content = match self.inspect(&canon.real) {
             Ok(c) => c,
-            Err(reason) => return self.broken(kind, named, needed_by, &real, reason),
+            Err(reason) => return self.broken(kind, named, needed_by, &canon, reason),
         };
+        let real = canon.real.clone();
         if kind == Kind::Command && !canon.hops.is_empty() {
             self.report.add_resolved(Kind::Symlink, named, &real, None);
         }
@@ -838,10 +842,10 @@ impl<'a> Checker<'a> {
                 kind,
                 named,
                 needed_by,
-                &real,
+                &canon,
                 format!("more than {MAX_SCRIPT_DEPTH} nested #! interpreters (the kernel refuses)"),
             ),
-            Content::Script(line) => self.script(named, &real, &line, depth),
+            Content::Script(line) => self.script(&canon, &line, depth),
             Content::Other => self.report.notes.push(format!(
                 "{} is neither an ELF file nor a #! script: nothing it needs can be checked",
                 real.display()
@@ -854,7 +858,8 @@ impl<'a> Checker<'a> {
     }
 
     /// `#!interp [arg]`: the kernel takes one interpreter path (no PATH search) and one optional argument.
-    fn script(&mut self, named: &Path, real: &Path, line: &[u8], depth: usize) {
+    fn script(&mut self, script: &Canon, line: &[u8], depth: usize) {
+        let real = script.real.as_path();
         let line = line.trim_ascii();
         let split = line
             .iter()
@@ -864,9 +869,9 @@ impl<'a> Checker<'a> {
         if interp.is_empty() {
             return self.broken(
                 Kind::ScriptInterpreter,
-                named,
-                None,
                 real,
+                None,
+                script,
                 "#! line names no interpreter".into(),
             );
         }
@@ -907,10 +912,10 @@ impl<'a> Checker<'a> {
                     Kind::Interpreter,
                     interp,
                     Some(real),
-                    &c.real,
+                    &c,
                     "not an ELF file".into(),
                 ),
-                Err(reason) => self.broken(Kind::Interpreter, interp, Some(real), &c.real, reason),
+                Err(reason) => self.broken(Kind::Interpreter, interp, Some(real), &c, reason),
             },
         }
         // A missing loader is reported once, not again as a missing DT_NEEDED of the same name.
@@ -1068,13 +1073,13 @@ impl<'a> Checker<'a> {
                         Kind::Library,
                         &cand,
                         Some(&by),
-                        &canon.real,
+                        &canon,
                         "not an ELF file".into(),
                     );
                     return None;
                 }
                 Err(reason) => {
-                    self.broken(Kind::Library, &cand, Some(&by), &canon.real, reason);
+                    self.broken(Kind::Library, &cand, Some(&by), &canon, reason);
                     return None;
                 }
             }
