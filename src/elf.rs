@@ -136,7 +136,7 @@ impl fmt::Display for ElfError {
             ElfError::NotElf => f.write_str("not an ELF file"),
             ElfError::Io(e) => write!(f, "read error: {e}"),
             ElfError::Truncated { what, end, size } => {
-                write!(f, "truncated ELF: {what} end at byte {end} but the file has {size} bytes (partial copy?)")
+                write!(f, "truncated ELF: {what} would end at byte {end} but the file has {size} bytes (partial copy?)")
             }
             ElfError::Malformed(m) => write!(f, "malformed ELF: {m}"),
         }

@@ -115,8 +115,12 @@ struct Missing {
 impl Missing {
     fn line(&self) -> String {
         let mut s = format!("microinit: runtime missing: {}", self.path.display());
-        for hop in &self.hops {
+        // A loop has 40 hops: three show it well enough.
+        for hop in self.hops.iter().take(3) {
             s.push_str(&format!(" -> {}", hop.display()));
+        }
+        if self.hops.len() > 3 {
+            s.push_str(" -> ...");
         }
         if let Some(by) = &self.needed_by {
             s.push_str(&format!(" needed by {}", by.display()));
