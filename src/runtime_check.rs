@@ -12,6 +12,7 @@
 //! Every path is resolved inside `RuntimeCheckConfig::root` ("/" in production) with our own symlink walk, so
 //! a dangling link is reported with its target and the check behaves the same in a chroot as in the image.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::RuntimeCheckConfig;
-use crate::elf::{self, Elf, SizedFile};
+use crate::elf::{self, Elf, Prefetched, SizedFile};
 use crate::which::{self, LookupError};
 
 /// Linux follows at most this many symlinks in one lookup (MAXSYMLINKS) before ELOOP.
@@ -33,7 +34,9 @@ const MAX_LINKS: usize = 40;
 /// The kernel nests `#!` interpreters at most this deep (BINPRM_MAX_RECURSION).
 const MAX_SCRIPT_DEPTH: usize = 4;
 /// The kernel reads this much of a file to find `#!` and the interpreter line (BINPRM_BUF_SIZE).
-const HEAD_BYTES: usize = 256;
+const SHEBANG_BYTES: usize = 256;
+/// First read of every file: enough for the `#!` line, and for an ELF's headers and PT_INTERP in one go.
+const HEAD_BYTES: usize = 1024;
 /// Bounds on what one check may read: ld.so.cache and ld-musl-ARCH.path sizes, library count, directory size.
 const MAX_CONFIG_FILE: u64 = 4 << 20;
 const MAX_OBJECTS: usize = 1024;
@@ -442,6 +445,14 @@ struct Unresolved {
     reason: String,
 }
 
+/// One path's lstat, as far as resolving needs it.
+#[derive(Clone)]
+enum Node {
+    Link(PathBuf),
+    Dir,
+    Other,
+}
+
 /// What a file turned out to be.
 enum Content {
     Elf(Elf),
@@ -535,6 +546,8 @@ struct Checker<'a> {
     ld_library_path: Option<OsString>,
     /// Parsed /etc/ld.so.cache (name → paths), loaded on first use.
     ld_cache: Option<HashMap<OsString, Vec<PathBuf>>>,
+    /// lstat results of this check (see `node`).
+    nodes: RefCell<HashMap<PathBuf, Result<Node, i32>>>,
 }
 
 impl<'a> Checker<'a> {
@@ -551,6 +564,7 @@ impl<'a> Checker<'a> {
             path_var: std::env::var_os("PATH"),
             ld_library_path: std::env::var_os("LD_LIBRARY_PATH"),
             ld_cache: None,
+            nodes: RefCell::new(HashMap::new()),
         }
     }
 
@@ -569,6 +583,26 @@ impl<'a> Checker<'a> {
             None
         };
         cwd.unwrap_or_else(|| PathBuf::from("/")).join(p)
+    }
+
+    /// lstat (and readlink for a link) of an image path, remembered for the rest of this check: libraries
+    /// share directories, so most lookups are answered without a syscall. Err: the errno.
+    fn node(&self, p: &Path) -> Result<Node, i32> {
+        if let Some(n) = self.nodes.borrow().get(p) {
+            return n.clone();
+        }
+        let host = self.host(p);
+        let node = match fs::symlink_metadata(&host) {
+            Err(e) => Err(e),
+            Ok(m) if m.file_type().is_symlink() => fs::read_link(&host).map(Node::Link),
+            Ok(m) if m.is_dir() => Ok(Node::Dir),
+            Ok(_) => Ok(Node::Other),
+        }
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        self.nodes
+            .borrow_mut()
+            .insert(p.to_path_buf(), node.clone());
+        node
     }
 
     /// Resolves `p` inside the root, following symlinks like the kernel (absolute targets restart at the
@@ -596,17 +630,18 @@ impl<'a> Checker<'a> {
                 continue;
             }
             let next = done.join(&part);
-            let host = self.host(&next);
-            let fail = |hops: Vec<PathBuf>, e: &io::Error| Unresolved {
-                hops,
-                at: next.clone(),
-                reason: io_reason(e),
+            let node = match self.node(&next) {
+                Ok(n) => n,
+                Err(errno) => {
+                    let reason = io_reason(&io::Error::from_raw_os_error(errno));
+                    return Err(Unresolved {
+                        hops,
+                        at: next,
+                        reason,
+                    });
+                }
             };
-            let meta = match fs::symlink_metadata(&host) {
-                Ok(m) => m,
-                Err(e) => return Err(fail(hops, &e)),
-            };
-            if meta.file_type().is_symlink() {
+            if let Node::Link(target) = node {
                 links += 1;
                 if links > MAX_LINKS {
                     let reason = format!("symlink loop (more than {MAX_LINKS} links)");
@@ -616,10 +651,6 @@ impl<'a> Checker<'a> {
                         reason,
                     });
                 }
-                let target = match fs::read_link(&host) {
-                    Ok(t) => t,
-                    Err(e) => return Err(fail(hops, &e)),
-                };
                 // Only a link that is the whole path so far is a hop of the chain ("a -> b"); a directory
                 // link on the way (/lib -> usr/lib) is not what the person named.
                 let whole = todo.is_empty();
@@ -638,7 +669,7 @@ impl<'a> Checker<'a> {
                     }
                     hops.push(now);
                 }
-            } else if !todo.is_empty() && !meta.is_dir() {
+            } else if !todo.is_empty() && !matches!(node, Node::Dir) {
                 let reason = "a path component is not a directory".into();
                 return Err(Unresolved {
                     hops,
@@ -713,15 +744,16 @@ impl<'a> Checker<'a> {
         let n = read_head(&file, &mut head).map_err(|e| format!("read error: {e}"))?;
         let head = &head[..n];
         if head.starts_with(b"\x7fELF") {
-            return match elf::parse(&SizedFile {
+            let file = SizedFile {
                 file: &file,
                 size: meta.len(),
-            }) {
+            };
+            return match elf::parse(&Prefetched { file, head }) {
                 Ok(elf) => Ok(Content::Elf(elf)),
                 Err(e) => Err(e.to_string()),
             };
         }
-        if let Some(line) = head.strip_prefix(b"#!") {
+        if let Some(line) = head[..n.min(SHEBANG_BYTES)].strip_prefix(b"#!") {
             let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
             return Ok(Content::Script(line[..end].to_vec()));
         }
@@ -1353,7 +1385,7 @@ fn join_paths<'p>(paths: impl Iterator<Item = &'p Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elf::tests::build;
+    use crate::elf::tests::{build, Rng};
     use crate::elf::Class;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
@@ -1584,6 +1616,51 @@ mod tests {
                 "/abs".into()
             ]
         );
+    }
+
+    /// The whole check (not only the ELF parser) over mutated programs, libraries and ld.so.cache files
+    /// written to disk: it must always come back with a report.
+    #[test]
+    fn fuzz_check_over_mutated_files() {
+        let root = Root::new("fuzz");
+        let prog = build(
+            Class::Elf64,
+            false,
+            Some(GLIBC),
+            &["liba.so", "libb.so"],
+            Some("$ORIGIN"),
+        );
+        let lib = build(
+            Class::Elf64,
+            false,
+            None,
+            &["libb.so"],
+            Some("$ORIGIN/../x"),
+        );
+        let cache = fs::read("/etc/ld.so.cache").unwrap_or_default();
+        root.put(GLIBC, &build(Class::Elf64, false, None, &[], None));
+        root.put("/lib/libb.so", &lib);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mutated = |base: &[u8], rng: &mut Rng| {
+            let mut m = base.to_vec();
+            for _ in 0..1 + rng.below(6) {
+                let at = rng.below(m.len().clamp(1, 512));
+                if let Some(b) = m.get_mut(at) {
+                    *b = rng.next() as u8;
+                }
+            }
+            if rng.below(4) == 0 {
+                m.truncate(rng.below(m.len() + 1));
+            }
+            m
+        };
+        for _ in 0..300 {
+            root.put("/usr/bin/prog", &mutated(&prog, &mut rng));
+            root.put("/usr/bin/liba.so", &mutated(&lib, &mut rng));
+            root.put("/etc/ld.so.cache", &mutated(&cache, &mut rng));
+            let r = root.check("/usr/bin/prog");
+            assert!(!r.render_text().is_empty() && r.to_json()["ok"].is_boolean());
+        }
     }
 
     /// The check's cost on node in a microcontainer-shaped root (node and its libraries in /opt/files,
