@@ -117,7 +117,12 @@ struct Missing {
 
 impl Missing {
     fn line(&self) -> String {
-        let mut s = format!("microinit: runtime missing: {}", self.path.display());
+        format!("microinit: runtime missing: {}", self.describe())
+    }
+
+    /// "PATH [-> HOP…] [needed by X] (reason)".
+    fn describe(&self) -> String {
+        let mut s = self.path.display().to_string();
         // A loop has 40 hops: three show it well enough.
         for hop in self.hops.iter().take(3) {
             s.push_str(&format!(" -> {}", hop.display()));
@@ -309,9 +314,9 @@ pub fn check_waiting(command: &[OsString], cfg: &RuntimeCheckConfig) -> Report {
         let first = report
             .missing
             .first()
-            .map(Missing::line)
+            .map(Missing::describe)
             .unwrap_or_default();
-        log::warn!("runtime incomplete, waiting up to {wait:?} for it: {first}");
+        log::warn!("runtime incomplete, waiting up to {wait:?} for it (missing: {first})");
     }
     while !report.is_ok() {
         let now = Instant::now();
@@ -1196,7 +1201,10 @@ impl<'a> Checker<'a> {
         let mut dirs: Vec<PathBuf> = SCAN_DIRS.iter().map(PathBuf::from).collect();
         // Multiarch directories (/usr/lib/x86_64-linux-gnu and the like).
         for base in ["/lib", "/usr/lib"] {
-            if let Ok(entries) = fs::read_dir(self.host(Path::new(base))) {
+            let Ok(canon) = self.resolve(Path::new(base)) else {
+                continue;
+            };
+            if let Ok(entries) = fs::read_dir(self.host(&canon.real)) {
                 for e in entries.flatten().take(MAX_DIR_ENTRIES) {
                     if e.file_name().as_bytes().windows(7).any(|w| w == b"-linux-") {
                         dirs.push(Path::new(base).join(e.file_name()));
