@@ -460,6 +460,15 @@ fn script_with_missing_interpreter() {
     assert!(kinds(&v, "resolved", "library")
         .iter()
         .any(|e| e["path"] == "/lib/libstdc++.so.6"));
+    // A script that is its own interpreter: the kernel's nesting limit, not a hang.
+    img.write("/app/self.sh", b"#!/app/self.sh\n", 0o755);
+    let r = img.run(&["check", "/app/self.sh"]);
+    assert_eq!(r.code, 127);
+    assert!(
+        r.missing_lines()[0].ends_with("(more than 4 nested #! interpreters (the kernel refuses))"),
+        "{}",
+        r.all()
+    );
     let r = img.run(&["--", "/app/busybox.sh"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "script ran"), "{}", r.all());
 }
