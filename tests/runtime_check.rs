@@ -30,14 +30,18 @@ const NODE_LIBS: &[&str] = &[
 /// No test may take longer than this (a hang is a failure, not a stuck CI).
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// CARGO_TARGET_DIR, or <manifest>/target.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
 fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MICROINIT_BIN") {
         return p.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let p = target.join("x86_64-unknown-linux-musl/release/microinit");
+    let p = target_dir().join("x86_64-unknown-linux-musl/release/microinit");
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --release --target x86_64-unknown-linux-musl` first (or set MICROINIT_BIN)",
@@ -55,7 +59,8 @@ struct Programs {
 fn programs() -> &'static Programs {
     static P: OnceLock<Programs> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("microinit-rc-progs-{}", std::process::id()));
+        // In the target directory, so nothing is left behind in /tmp; rebuilt on every run.
+        let dir = target_dir().join("runtime-check-programs");
         fs::create_dir_all(&dir).unwrap();
         fs::write(
             dir.join("app.cpp"),
