@@ -2,6 +2,8 @@
 #![allow(dead_code)] // skeleton: removed once every stage is wired
 
 mod config;
+mod consul;
+mod registration;
 mod which;
 
 fn main() {}
