@@ -220,10 +220,22 @@ impl Client {
                 Err(self.error(kind, method, path, &detail))
             }
             Err(ureq::Error::Transport(t)) => {
-                let detail = match t.message() {
-                    Some(m) => format!("agent unreachable ({}: {m})", t.kind()),
-                    None => format!("agent unreachable ({})", t.kind()),
-                };
+                // The kind alone ("Network Error") hides the cause: add the message and the io error,
+                // skipping the repetitions ureq puts into them.
+                let kind = t.kind().to_string();
+                let mut detail = kind.clone();
+                let source = std::error::Error::source(&t).map(|s| s.to_string());
+                for part in [t.message().map(String::from), source]
+                    .into_iter()
+                    .flatten()
+                {
+                    let part = part.strip_prefix(&format!("{kind}: ")).unwrap_or(&part);
+                    if !detail.contains(part) {
+                        detail.push_str(": ");
+                        detail.push_str(part);
+                    }
+                }
+                let detail = format!("agent unreachable ({detail})");
                 Err(self.error(ErrorKind::Unreachable, method, path, &detail))
             }
         }

@@ -472,6 +472,11 @@ impl Worker {
     }
 
     fn deregister(&mut self, sent: Instant) {
+        if self.phase == Phase::Deregistered {
+            // SIGTERM deregistered already; the app's exit asks again.
+            self.emit(Event::Deregistered);
+            return;
+        }
         let deadline = sent + DEREGISTER_BOUND - DEREGISTER_MARGIN;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let was_started = self.phase != Phase::WaitingForApp;
@@ -517,6 +522,8 @@ impl Worker {
     }
 
     fn emit(&self, ev: Event) {
+        // Status first, so whoever reacts to the event sees the state that caused it.
+        self.publish();
         if self.events.send(ev).is_ok() {
             let _ = self.wake.write(1);
         }
@@ -536,6 +543,10 @@ impl Worker {
             "service_id": self.id,
             "service_name": self.name,
             "check_id": self.check_id,
+            "service_file": match &self.cfg.service {
+                ServiceSource::File { path, .. } => Some(path.display().to_string()),
+                ServiceSource::Fields { .. } => None,
+            },
             "state": state,
             "ready": self.ready,
             "check": { "status": self.check.0.as_str(), "output": self.check.1 },
