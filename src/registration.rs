@@ -873,6 +873,9 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
         }
     };
     let addr = parse_addr(opts.get("CONSUL_HTTP_ADDR").unwrap_or("127.0.0.1:8500"))?;
+    let cacert = opts.get("CONSUL_CACERT").map(PathBuf::from);
+    // Build a client once here so https without the feature, or a bad CA file, stops microinit before the app.
+    Client::new(&addr, None, cacert.as_deref())?;
     // Consul's own precedence: a token file wins over CONSUL_HTTP_TOKEN.
     let token = match opts.get("CONSUL_HTTP_TOKEN_FILE") {
         Some(path) => {
@@ -891,7 +894,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
     Ok(Some(ConsulConfig {
         addr,
         token,
-        cacert: opts.get("CONSUL_CACERT").map(PathBuf::from),
+        cacert,
         service,
         check_ttl: nonzero(opts, "MICROINIT_CHECK_TTL", Duration::from_secs(10))?,
         deregister_after: nonzero(opts, "MICROINIT_DEREGISTER_AFTER", Duration::from_secs(60))?,
@@ -916,7 +919,7 @@ mod tests {
 
     const SOON: Duration = Duration::from_secs(10);
 
-    fn options(pairs: &[(&str, &str)]) -> Options {
+    pub(super) fn options(pairs: &[(&str, &str)]) -> Options {
         let mut o = Options::default();
         for (k, v) in pairs {
             o.set(k, vec![v.to_string()]);
@@ -933,7 +936,11 @@ mod tests {
     }
 
     /// Wait (polling the eventfd, as the main loop does) until an event matching `want` arrives.
-    fn wait_event(reg: &Registration, timeout: Duration, want: impl Fn(&Event) -> bool) -> Event {
+    pub(super) fn wait_event(
+        reg: &Registration,
+        timeout: Duration,
+        want: impl Fn(&Event) -> bool,
+    ) -> Event {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = reg.take_events().into_iter().find(|e| want(e)) {
@@ -976,15 +983,20 @@ mod tests {
         let host = nix::unistd::gethostname().expect("hostname");
         assert_eq!(id, &format!("web-{}", host.to_string_lossy()));
 
-        let c = config(
-            "https://[::1]",
-            &[
-                ("MICROINIT_SERVICE_NAME", "w"),
-                ("MICROINIT_HEALTH_CMD", "true"),
-            ],
-        );
-        assert_eq!(c.addr.base_url(), "https://[::1]:8501");
-        assert_eq!(c.readiness, Readiness::HealthCmd);
+        let https = parse_addr("https://[::1]").expect("https addr");
+        assert_eq!(https.base_url(), "https://[::1]:8501");
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "w"),
+            ("MICROINIT_HEALTH_CMD", "true"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec!["https://127.0.0.1".into()]);
+        match consul_config(&o) {
+            Ok(Some(c)) if cfg!(feature = "https") => assert_eq!(c.readiness, Readiness::HealthCmd),
+            Err(e) if !cfg!(feature = "https") => {
+                assert!(e.contains("without HTTPS support"), "{e}")
+            }
+            other => panic!("https with feature={}: {other:?}", cfg!(feature = "https")),
+        }
         let c = config(
             "http://h:1/",
             &[
@@ -1337,6 +1349,77 @@ mod tests {
             "token leaked: {msg}"
         );
         assert_eq!(reg.status_json()["state"], "failed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// HTTPS to the agent with `CONSUL_CACERT` (only in builds with the `https` feature).
+#[cfg(all(test, feature = "https"))]
+mod https_tests {
+    use super::dev_agent::{consul_bin, free_port, wait_until, DevAgent};
+    use super::tests::{options, wait_event};
+    use super::*;
+
+    #[test]
+    fn https_agent_with_cacert_and_unknown_ca_is_clear() {
+        let dir = std::env::temp_dir().join(format!("microinit-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for args in [
+            &["tls", "ca", "create"][..],
+            &["tls", "cert", "create", "-server"][..],
+        ] {
+            let st = std::process::Command::new(consul_bin())
+                .args(args)
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("consul tls");
+            assert!(st.success(), "consul {args:?}");
+        }
+        let https_port = free_port();
+        let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+        let hcl = format!(
+            r#"ports {{ https = {https_port} }} cert_file = "{}" key_file = "{}" ca_file = "{}""#,
+            p("dc1-server-consul-0.pem"),
+            p("dc1-server-consul-0-key.pem"),
+            p("consul-agent-ca.pem")
+        );
+        let agent = DevAgent::start_with(&["-hcl", &hcl]);
+        // The server certificate names localhost (and server.dc1.consul), so that is the host we use.
+        let addr = format!("https://localhost:{https_port}");
+        let ca = p("consul-agent-ca.pem");
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "tls-web"),
+            ("MICROINIT_SERVICE_ID", "tls-web-1"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec![addr.clone()]);
+        o.set("CONSUL_CACERT", vec![ca]);
+        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("registered over https", Duration::from_secs(10), || {
+            agent.passing_instances("tls-web") == 1
+        });
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(agent.service("tls-web-1", None).is_none());
+
+        // Without CONSUL_CACERT the agent's private CA is unknown: a clear TLS error, not a hang or panic.
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "tls-web"),
+            ("MICROINIT_SERVICE_ID", "tls-web-2"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec![addr]);
+        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("a TLS error", Duration::from_secs(10), || {
+            !reg.status_json()["last_error"].is_null()
+        });
+        let err = reg.status_json()["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
