@@ -99,6 +99,8 @@ pub fn http(
 pub struct DevAgent {
     child: Option<Child>,
     pub http_port: u16,
+    /// False for `start_on`: a restart or retry must keep the HTTP port.
+    http_port_fixed: bool,
     ports: [u16; 3],
     extra: Vec<String>,
     pub log: PathBuf,
@@ -111,14 +113,19 @@ impl DevAgent {
 
     /// A dev agent with extra `consul agent` arguments (e.g. `-hcl` for ACLs).
     pub fn start_with(extra: &[&str]) -> DevAgent {
-        Self::start_on(free_port(), extra)
+        Self::new(free_port(), false, extra)
     }
 
     /// A dev agent whose HTTP API listens on `http_port` (for "agent down at start, then up").
     pub fn start_on(http_port: u16, extra: &[&str]) -> DevAgent {
+        Self::new(http_port, true, extra)
+    }
+
+    fn new(http_port: u16, http_port_fixed: bool, extra: &[&str]) -> DevAgent {
         let mut a = DevAgent {
             child: None,
             http_port,
+            http_port_fixed,
             ports: [free_port(), free_port(), free_port()],
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: std::env::temp_dir().join(format!("microinit-consul-{http_port}.log")),
@@ -134,8 +141,11 @@ impl DevAgent {
     fn spawn(&mut self) {
         for attempt in 0..3 {
             if attempt > 0 {
-                // The serf/server ports raced with someone else: pick new ones (the HTTP port is fixed).
+                // A port raced with someone else: pick new ones (but keep a fixed HTTP port).
                 self.ports = [free_port(), free_port(), free_port()];
+                if !self.http_port_fixed {
+                    self.http_port = free_port();
+                }
             }
             let log = std::fs::File::create(&self.log).expect("create consul log");
             let [lan, wan, server] = self.ports;
@@ -148,7 +158,7 @@ impl DevAgent {
                     "-client",
                     "127.0.0.1",
                 ])
-                .args(["-node", &format!("dev-{}", self.http_port)])
+                .args(["-node", &format!("dev-{}", self.ports[2])])
                 .args([
                     "-http-port",
                     &self.http_port.to_string(),
@@ -175,12 +185,9 @@ impl DevAgent {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if let Ok((200, body)) = http(&self.addr(), "GET", "/v1/status/leader", None, None)
-                {
-                    if body.contains(':') {
-                        self.child = Some(child);
-                        return;
-                    }
+                if self.is_ours_and_has_leader() {
+                    self.child = Some(child);
+                    return;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -195,6 +202,13 @@ impl DevAgent {
             self.http_port,
             self.log.display()
         );
+    }
+
+    /// The leader is the server RPC address, and the server port is ours alone: this proves the agent
+    /// answering on our HTTP port is the one we started (ports are picked racily), without needing a token.
+    fn is_ours_and_has_leader(&self) -> bool {
+        let ours = format!("\"127.0.0.1:{}\"", self.ports[2]);
+        matches!(http(&self.addr(), "GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
     }
 
     /// SIGKILL the agent (it forgets every service: dev mode keeps nothing on disk).
