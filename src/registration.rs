@@ -369,7 +369,10 @@ impl Worker {
                 log::warn!("consul: {why}; re-registering {:?}", self.id);
                 self.last_heartbeat = Some((unix_now(), Some(e.message)));
                 self.registered = false;
-                self.register();
+                // Two calls are behind us: a waiting deregistration goes first (its bound counts).
+                if !self.stop_requested() {
+                    self.register();
+                }
             }
             Err(e) => {
                 self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
@@ -486,7 +489,7 @@ impl Worker {
         self.retry_due = None;
         self.probe_due = None;
         if !was_started {
-            // Never registered (a register call that timed out needs the app started first).
+            // Nothing was ever sent to the agent, so there is nothing to remove.
         } else if remaining.is_zero() {
             log::warn!(
                 "consul: no time left to deregister {:?}; Consul will reap it after the TTL",
