@@ -26,7 +26,9 @@ use crate::consul::{Client, ErrorKind};
 
 /// A deregistration request is answered ([`Event::Deregistered`]) within this time after [`Registration::send`],
 /// even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
-/// call gets whatever remains.
+/// call gets whatever remains. A host name in CONSUL_HTTP_ADDR is resolved by the system resolver on each
+/// call, which no HTTP timeout covers: use an IP address for a hard bound (the main loop's own deadline
+/// still bounds PID 1 either way).
 pub const DEREGISTER_BOUND: Duration = Duration::from_secs(2);
 /// Kept free inside the bound for the event to reach the main loop.
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
@@ -980,11 +982,16 @@ mod tests {
             (Duration::from_secs(10), Duration::from_secs(60))
         );
         assert_eq!(c.readiness, Readiness::Immediate);
-        let ServiceSource::Fields { id, .. } = &c.service else {
+        let ServiceSource::Fields { id, address, .. } = &c.service else {
             panic!("fields expected")
         };
         let host = nix::unistd::gethostname().expect("hostname");
         assert_eq!(id, &format!("web-{}", host.to_string_lossy()));
+        // The default address is the first non-loopback IPv4 (none on a loopback-only host).
+        if let Some(a) = address {
+            let ip: std::net::Ipv4Addr = a.parse().expect("an IPv4 address");
+            assert!(!ip.is_loopback(), "{ip}");
+        }
 
         let https = parse_addr("https://[::1]").expect("https addr");
         assert_eq!(https.base_url(), "https://[::1]:8501");
