@@ -58,7 +58,8 @@ echo "install-consul: fetching bullseye package lists from $mirror" >&2
 apt-get "$@" update >&2 || die "apt-get update of bullseye lists failed (see above)"
 (cd "$cache/deb" && rm -f consul_*.deb && apt-get "$@" download consul >&2) \
     || die "apt-get download consul failed (see above)"
-deb=$(ls "$cache"/deb/consul_*.deb 2>/dev/null | head -n1)
+deb=""
+for f in "$cache"/deb/consul_*.deb; do [ -e "$f" ] && deb=$f; done
 [ -n "$deb" ] || die "no consul .deb downloaded into $cache/deb"
 
 rm -rf "$cache/root"

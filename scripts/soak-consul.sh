@@ -32,8 +32,9 @@ wait_for() { # DESCRIPTION COMMAND… : poll for 10 s
     echo "soak: timed out waiting for $what" >&2
     return 1
 }
-child_of() { cat "/proc/$1/task/$1/children" 2>/dev/null | awk '{print $1}'; }
+child_of() { awk '{print $1}' "/proc/$1/task/$1/children" 2>/dev/null; }
 
+# shellcheck disable=SC2016 # expanded by the app's shell, not here
 app='while [ ! -e "$1" ]; do sleep 0.02; done; if [ "$2" = crash ]; then kill -SEGV $$; fi; exit 0'
 modes=(exit crash term kill)
 declare -A count=()
