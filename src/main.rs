@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod consul;
 mod elf;
 mod event_loop;
 mod exit_status;
