@@ -148,7 +148,10 @@ pub enum ServiceSource {
         meta: Vec<(String, String)>,
     },
     /// A service definition in Consul's JSON format (`--service-file`), already parsed.
-    File { path: PathBuf, definition: serde_json::Value },
+    File {
+        path: PathBuf,
+        definition: serde_json::Value,
+    },
 }
 
 /// Options of Consul registration; `None` in `Config` when registration is off.
@@ -243,7 +246,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_end);
         let n: f64 = num
             .parse()

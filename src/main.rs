@@ -2,6 +2,8 @@
 #![allow(dead_code)] // skeleton: removed once every stage is wired
 
 mod config;
+mod control;
+mod control_client;
 mod which;
 
 fn main() {}

@@ -66,7 +66,11 @@ pub fn resolve(name: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Lookup
     let mut first_denied: Option<LookupError> = None;
     for dir in path_var.as_bytes().split(|b| *b == b':') {
         // An empty PATH element means the current directory (POSIX).
-        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
         let candidate = dir.join(name);
         match check_executable(&candidate) {
             Ok(()) => return Ok(candidate),
@@ -82,7 +86,9 @@ pub fn resolve(name: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Lookup
 
 fn check_executable(p: &Path) -> Result<(), LookupError> {
     match std::fs::metadata(p) {
-        Err(_) => Err(LookupError::NotFound { tried: vec![p.to_path_buf()] }),
+        Err(_) => Err(LookupError::NotFound {
+            tried: vec![p.to_path_buf()],
+        }),
         Ok(m) if m.is_dir() => Err(LookupError::NotExecutable {
             path: p.to_path_buf(),
             reason: "is a directory".into(),
@@ -107,10 +113,17 @@ mod tests {
 
     #[test]
     fn missing_names_every_dir_tried() {
-        let e = resolve(OsStr::new("no-such-cmd-xyz"), Some(OsStr::new("/bin:/usr/bin"))).unwrap_err();
+        let e = resolve(
+            OsStr::new("no-such-cmd-xyz"),
+            Some(OsStr::new("/bin:/usr/bin")),
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code(), 127);
         let msg = e.message(OsStr::new("no-such-cmd-xyz"));
-        assert!(msg.contains("/bin/no-such-cmd-xyz") && msg.contains("/usr/bin/no-such-cmd-xyz"), "{msg}");
+        assert!(
+            msg.contains("/bin/no-such-cmd-xyz") && msg.contains("/usr/bin/no-such-cmd-xyz"),
+            "{msg}"
+        );
     }
 
     #[test]
