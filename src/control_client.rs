@@ -355,3 +355,162 @@ fn human_duration(secs: f64) -> String {
         _ => format!("{d}d{h:02}h{m:02}m"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{serve_until, Recorder, TempDir};
+    use crate::control::{ControlServer, Limits};
+    use serde_json::json;
+    use std::os::unix::net::UnixListener;
+
+    fn full_status() -> Value {
+        json!({
+            "microinit": {"version": "0.1.0", "pid": 1, "dialect": "tini"},
+            "app": {"pid": 7, "command": ["node", "server.js", "--name", "it's here"], "state": "running",
+                    "uptime_s": 3723.4, "restarts": 2,
+                    "last_exit": {"code": null, "signal": 15, "status": 143}},
+            "signals_forwarded": 12, "zombies_reaped": 3,
+            "runtime_check": {"ok": false, "missing": ["/opt/files/node", "/lib/ld-musl-x86_64.so.1"]},
+            "consul": {"agent": "http://127.0.0.1:8500", "service_id": "web-1", "state": "registered",
+                       "last_heartbeat_unix": 1000.0, "last_heartbeat_result": "passing",
+                       "maintenance": true, "last_error": null}
+        })
+    }
+
+    #[test]
+    fn status_table_shows_every_field() {
+        let table = render_status(&full_status(), 1004.0);
+        for expect in [
+            "0.1.0, pid 1, dialect tini",
+            "node server.js --name 'it'\\''s here'",
+            "running",
+            "1h02m03s",
+            "killed by signal 15 (SIGTERM), status 143",
+            "signals forwarded  12",
+            "zombies reaped     3",
+            "FAILED, missing: /opt/files/node, /lib/ld-musl-x86_64.so.1",
+            "http://127.0.0.1:8500",
+            "web-1",
+            "registered",
+            "passing (4.0s ago)",
+            "maintenance        on",
+        ] {
+            assert!(table.contains(expect), "{expect:?} missing from\n{table}");
+        }
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("restarts ") && l.ends_with(" 2")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("last error ") && l.ends_with(" -")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn status_table_survives_nulls_and_missing_fields() {
+        let s = json!({"microinit": {"version": "0.1.0", "pid": 1, "dialect": "microinit"},
+                       "app": {"pid": null, "command": [], "state": "exited", "uptime_s": null, "restarts": 0,
+                               "last_exit": {"code": 3, "signal": null, "status": 3}},
+                       "runtime_check": null, "consul": null});
+        let table = render_status(&s, 0.0);
+        assert!(table.contains("exit code 3, status 3"), "{table}");
+        assert!(table.contains("not registering"), "{table}");
+        assert!(table.contains("runtime check      not run"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("zombies reaped") && l.ends_with(" -")),
+            "{table}"
+        );
+        // Not even an object: still a table, never a panic.
+        assert!(render_status(&Value::Null, 0.0).contains("state"));
+    }
+
+    #[test]
+    fn durations_read_like_uptime() {
+        assert_eq!(human_duration(42.34), "42.3s");
+        assert_eq!(human_duration(61.0), "1m01s");
+        assert_eq!(human_duration(3723.0), "1h02m03s");
+        assert_eq!(human_duration(200_000.0), "2d07h33m");
+    }
+
+    #[test]
+    fn no_socket_is_exit_3_with_one_clear_line() {
+        let dir = TempDir::new("nosocket");
+        let (code, msg) = call(&dir.sock(), &Request::Status, TIMEOUT).expect_err("nothing there");
+        assert_eq!(code, EXIT_NO_SOCKET);
+        assert_eq!(
+            msg,
+            format!(
+                "no microinit control socket at {} (is this running inside a microinit container? set MICROINIT_SOCKET)",
+                dir.sock().display()
+            )
+        );
+        // A socket file nobody listens on (left by a dead PID 1) is the same case.
+        drop(UnixListener::bind(dir.sock()).expect("bind"));
+        assert_eq!(
+            client_main(ClientCommand::Restart, &dir.sock()),
+            EXIT_NO_SOCKET
+        );
+    }
+
+    #[test]
+    fn a_socket_that_never_answers_times_out_with_exit_3() {
+        let dir = TempDir::new("mute");
+        // Listening but never accepting: the connection sits in the backlog like with a hung PID 1.
+        let _mute = UnixListener::bind(dir.sock()).expect("bind");
+        let started = Instant::now();
+        let (code, msg) =
+            call(&dir.sock(), &Request::Status, Duration::from_millis(300)).expect_err("no answer");
+        assert_eq!(code, EXIT_NO_SOCKET);
+        assert!(msg.contains("did not answer"), "{msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the client must give up near its timeout"
+        );
+    }
+
+    #[test]
+    fn client_and_server_agree() {
+        let dir = TempDir::new("agree");
+        let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
+        let mut h = Recorder::default();
+        let path = dir.sock();
+        let client = std::thread::spawn(move || {
+            let status = call(&path, &Request::Status, TIMEOUT);
+            let sig = client_main(ClientCommand::Signal("SIGRTMIN+2".into()), &path);
+            let maint = client_main(
+                ClientCommand::Maintenance {
+                    on: true,
+                    reason: Some("deploy".into()),
+                },
+                &path,
+            );
+            let refused = client_main(
+                ClientCommand::Maintenance {
+                    on: true,
+                    reason: Some("fail".into()),
+                },
+                &path,
+            );
+            let bad_sig = client_main(ClientCommand::Signal("NOPE".into()), &path);
+            (status, sig, maint, refused, bad_sig)
+        });
+        serve_until(&mut server, &mut h, |_| client.is_finished());
+        let (status, sig, maint, refused, bad_sig) = client.join().expect("client");
+        let status = status.expect("status reply");
+        assert_eq!(status["status"]["app"]["pid"], 42);
+        assert_eq!(
+            (sig, maint, refused, bad_sig),
+            (EXIT_OK, EXIT_OK, EXIT_FAILED, EXIT_FAILED)
+        );
+        assert_eq!(h.signals, vec![libc::SIGRTMIN() + 2]);
+        assert_eq!(h.maintenance, vec![(true, Some("deploy".into()))]);
+    }
+}
