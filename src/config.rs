@@ -61,7 +61,6 @@ pub struct SupervisorConfig {
     pub warn_not_reaper: bool,
     /// tini -w: log every reaped zombie at warn level.
     pub warn_on_reap: bool,
-    /// dumb-init -c: only forward signals, no setsid and no group delivery.
     pub restart: RestartPolicy,
     pub max_restarts: Option<u32>,
     pub hooks: Hooks,
@@ -183,10 +182,13 @@ pub struct ControlConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dialect: Dialect,
+    /// 0 warn, 1 info, 2 debug, 3+ trace (RUST_LOG overrides).
+    pub verbosity: u8,
     pub supervisor: SupervisorConfig,
     pub runtime: RuntimeCheckConfig,
     pub consul: Option<ConsulConfig>,
-    pub control: ControlConfig,
+    /// None: no control socket (e.g. `microinit exec`).
+    pub control: Option<ControlConfig>,
 }
 
 /// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).

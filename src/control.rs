@@ -26,6 +26,7 @@ use nix::sys::stat::{umask, Mode};
 use serde_json::{json, Value};
 
 use crate::config::ControlConfig;
+use crate::signals::parse_signal;
 
 /// What the event loop does for each command. Called on the main thread, so it must not block.
 pub trait ControlHandler {
@@ -407,42 +408,6 @@ fn peer_allowed(peer_uid: u32, our_uid: u32) -> bool {
     peer_uid == 0 || peer_uid == our_uid
 }
 
-/// Signal names as `microinit signal` accepts them: TERM, SIGTERM, 15, RTMIN+3, SIGRTMAX-1.
-// TODO(lead): replace with crate::signals::parse_signal once it lands; the call site is `respond`.
-fn parse_signal(s: &str) -> Result<i32, String> {
-    let upper = s.trim().to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
-    let sig = if let Ok(n) = name.parse::<i32>() {
-        Some(n)
-    } else if let Some(off) = name.strip_prefix("RTMIN") {
-        rt_offset(off).map(|o| rtmin + o)
-    } else if let Some(off) = name.strip_prefix("RTMAX") {
-        rt_offset(off).map(|o| rtmax + o)
-    } else {
-        format!("SIG{name}")
-            .parse::<nix::sys::signal::Signal>()
-            .ok()
-            .map(|s| s as i32)
-    };
-    match sig {
-        Some(n) if (1..=rtmax).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "unknown signal {s:?}; use a name (TERM, SIGHUP), a number (15) or RTMIN+n"
-        )),
-    }
-}
-
-/// "", "+3" or "-2" after RTMIN/RTMAX.
-fn rt_offset(s: &str) -> Option<i32> {
-    match s.as_bytes().first() {
-        None => Some(0),
-        Some(b'+') => s[1..].parse().ok(),
-        Some(b'-') => s[1..].parse::<i32>().ok().map(|n| -n),
-        _ => None,
-    }
-}
-
 /// A stale socket (nobody answers) is replaced; a live one or a non-socket file is an error.
 fn remove_stale(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
@@ -660,19 +625,6 @@ mod tests {
         ] {
             let err = Request::from_json(bad).expect_err("must be refused");
             assert!(err.contains(expect), "{err:?} should mention {expect}");
-        }
-    }
-
-    #[test]
-    fn signal_names_numbers_and_realtime() {
-        assert_eq!(parse_signal("TERM"), Ok(libc::SIGTERM));
-        assert_eq!(parse_signal("sighup"), Ok(libc::SIGHUP));
-        assert_eq!(parse_signal("9"), Ok(libc::SIGKILL));
-        assert_eq!(parse_signal("RTMIN+3"), Ok(libc::SIGRTMIN() + 3));
-        assert_eq!(parse_signal("SIGRTMAX-1"), Ok(libc::SIGRTMAX() - 1));
-        assert_eq!(parse_signal("RTMIN"), Ok(libc::SIGRTMIN()));
-        for bad in ["0", "65", "BOGUS", "RTMIN3", "", "RTMAX+1"] {
-            assert!(parse_signal(bad).is_err(), "{bad:?} must be refused");
         }
     }
 

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use serde_json::Value;
 
+use crate::cli::ClientRequest;
 use crate::control::{connect_nonblocking, Request};
+use crate::signals::signal_name;
 
 /// Exit codes of the client commands.
 pub const EXIT_OK: i32 = 0;
@@ -32,21 +34,13 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A reply larger than this is not from microinit.
 const MAX_REPLY: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientCommand {
-    Status { json: bool },
-    Signal(String),
-    Restart,
-    Maintenance { on: bool, reason: Option<String> },
-}
-
 /// Run one client command against the socket at `socket`; returns the process exit code.
-pub fn client_main(cmd: ClientCommand, socket: &Path) -> i32 {
+pub fn client_main(cmd: ClientRequest, socket: &Path) -> i32 {
     let request = match &cmd {
-        ClientCommand::Status { .. } => Request::Status,
-        ClientCommand::Signal(sig) => Request::Signal(sig.clone()),
-        ClientCommand::Restart => Request::Restart,
-        ClientCommand::Maintenance { on, reason } => Request::Maintenance {
+        ClientRequest::Status { .. } => Request::Status,
+        ClientRequest::Signal(sig) => Request::Signal(sig.clone()),
+        ClientRequest::Restart => Request::Restart,
+        ClientRequest::Maintenance { on, reason } => Request::Maintenance {
             on: *on,
             reason: reason.clone(),
         },
@@ -67,10 +61,10 @@ pub fn client_main(cmd: ClientCommand, socket: &Path) -> i32 {
         return EXIT_FAILED;
     }
     match cmd {
-        ClientCommand::Status { json: true } => {
+        ClientRequest::Status { json: true } => {
             println!("{:#}", reply.get("status").unwrap_or(&Value::Null));
         }
-        ClientCommand::Status { json: false } => {
+        ClientRequest::Status { json: false } => {
             print!(
                 "{}",
                 render_status(reply.get("status").unwrap_or(&Value::Null), unix_now())
@@ -305,23 +299,11 @@ fn last_exit(v: &Value) -> String {
     match (v["code"].as_i64(), v["signal"].as_i64()) {
         (_, Some(sig)) => format!(
             "killed by signal {sig} ({}), status {}",
-            signal_name(sig),
+            i32::try_from(sig).map_or_else(|_| "?".into(), signal_name),
             text(&v["status"])
         ),
         (Some(code), None) => format!("exit code {code}, status {}", text(&v["status"])),
         (None, None) => format!("status {}", text(&v["status"])),
-    }
-}
-
-fn signal_name(sig: i64) -> String {
-    let rtmin = i64::from(libc::SIGRTMIN());
-    match i32::try_from(sig)
-        .ok()
-        .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
-    {
-        Some(s) => s.as_str().to_string(),
-        None if sig >= rtmin => format!("SIGRTMIN+{}", sig - rtmin),
-        None => "?".into(),
     }
 }
 
@@ -455,7 +437,7 @@ mod tests {
         // A socket file nobody listens on (left by a dead PID 1) is the same case.
         drop(UnixListener::bind(dir.sock()).expect("bind"));
         assert_eq!(
-            client_main(ClientCommand::Restart, &dir.sock()),
+            client_main(ClientRequest::Restart, &dir.sock()),
             EXIT_NO_SOCKET
         );
     }
@@ -484,22 +466,22 @@ mod tests {
         let path = dir.sock();
         let client = std::thread::spawn(move || {
             let status = call(&path, &Request::Status, TIMEOUT);
-            let sig = client_main(ClientCommand::Signal("SIGRTMIN+2".into()), &path);
+            let sig = client_main(ClientRequest::Signal("SIGRTMIN+2".into()), &path);
             let maint = client_main(
-                ClientCommand::Maintenance {
+                ClientRequest::Maintenance {
                     on: true,
                     reason: Some("deploy".into()),
                 },
                 &path,
             );
             let refused = client_main(
-                ClientCommand::Maintenance {
+                ClientRequest::Maintenance {
                     on: true,
                     reason: Some("fail".into()),
                 },
                 &path,
             );
-            let bad_sig = client_main(ClientCommand::Signal("NOPE".into()), &path);
+            let bad_sig = client_main(ClientRequest::Signal("NOPE".into()), &path);
             (status, sig, maint, refused, bad_sig)
         });
         serve_until(&mut server, &mut h, |_| client.is_finished());

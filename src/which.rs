@@ -35,15 +35,20 @@ impl LookupError {
                 "command not found: {} (no such file; check the path or the image's contents)",
                 tried[0].display()
             ),
-            LookupError::NotFound { tried } => format!(
-                "command not found: {} (searched PATH: {}); set PATH or give an absolute path",
-                name.to_string_lossy(),
-                tried
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            LookupError::NotFound { tried } => {
+                let mut dirs: Vec<String> = Vec::new();
+                for d in tried.iter().filter_map(|p| p.parent()) {
+                    let d = d.display().to_string();
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+                format!(
+                    "command not found: {} (searched PATH={}); set PATH or give an absolute path",
+                    name.to_string_lossy(),
+                    dirs.join(":")
+                )
+            }
             LookupError::NotExecutable { path, reason } => format!(
                 "command not executable: {} ({reason}); chmod +x it or run it through its interpreter",
                 path.display()
@@ -121,7 +126,7 @@ mod tests {
         assert_eq!(e.exit_code(), 127);
         let msg = e.message(OsStr::new("no-such-cmd-xyz"));
         assert!(
-            msg.contains("/bin/no-such-cmd-xyz") && msg.contains("/usr/bin/no-such-cmd-xyz"),
+            msg.contains("no-such-cmd-xyz") && msg.contains("PATH=/bin:/usr/bin"),
             "{msg}"
         );
     }
