@@ -115,22 +115,19 @@ pub(crate) fn call(
     stream
         .set_write_timeout(Some(remaining(deadline)))
         .map_err(io_err)?;
-    (&stream).write_all(&line).map_err(io_err)?;
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let mut limited = (&stream).take(MAX_REPLY);
-    loop {
-        // A per-read timeout alone would let a trickling peer stretch the total: recompute each time.
-        stream
-            .set_read_timeout(Some(remaining(deadline)))
-            .map_err(io_err)?;
-        match limited.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(e)),
+    let sent = (&stream).write_all(&line);
+    // A refused peer's request is never read: PID 1 may have replied and closed before (or while) we wrote,
+    // so read the reply even when the write failed, and only fall back to the write error.
+    let reply = match (read_line(&stream, deadline), sent) {
+        (Ok(reply), _) if !reply.is_empty() => reply,
+        (Ok(_), Err(e)) | (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(io_err(e)),
+        (Ok(_), Ok(())) => {
+            return Err((
+                EXIT_FAILED,
+                format!("control socket {} closed without a reply", socket.display()),
+            ))
         }
-    }
+    };
     let end = reply
         .iter()
         .position(|&b| b == b'\n')
@@ -144,6 +141,25 @@ pub(crate) fn call(
             ),
         )
     })
+}
+
+/// Read up to the first newline (or EOF). Stopping at the newline matters: a server that closes with our
+/// request unread makes the kernel report ECONNRESET after its reply, instead of EOF.
+fn read_line(stream: &UnixStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut limited = stream.take(MAX_REPLY);
+    while !reply.contains(&b'\n') {
+        // A per-read timeout alone would let a trickling peer stretch the total: recompute each time.
+        stream.set_read_timeout(Some(remaining(deadline)))?;
+        match limited.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(reply)
 }
 
 fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, (i32, String)> {
