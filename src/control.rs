@@ -171,7 +171,15 @@ impl ControlServer {
         let old = umask(Mode::from_bits_truncate(0o177));
         let bound = UnixListener::bind(path);
         umask(old);
-        let listener = bound.map_err(|e| annotate(e, "cannot bind control socket", path))?;
+        let listener = bound.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind control socket {}: {e} (set MICROINIT_SOCKET to a writable path)",
+                    path.display()
+                ),
+            )
+        })?;
         listener.set_nonblocking(true)?;
         let meta = std::fs::symlink_metadata(path)?;
         Ok(ControlServer {

@@ -52,6 +52,9 @@ impl ControlHandler for EventLoop {
             return Err("microinit is stopping; not restarting the app".into());
         }
         match self.app_pid {
+            Some(pid) if self.restart_requested => Ok(format!(
+                "a restart is already under way (waiting for pid {pid} to exit)"
+            )),
             Some(pid) => {
                 // The exit is routed to after_app_exit, which respawns at once when restart_requested is set.
                 self.restart_requested = true;
