@@ -6,6 +6,8 @@
 #   PREFIX/consul      a Consul agent (examples/consul/Dockerfile)
 #
 #   scripts/build-images.sh            (prints `image NAME BYTES` for each image on stdout)
+#   STAGE_ONLY=1 scripts/build-images.sh   only build microinit and stage the contexts in BUILD_DIR (base/,
+#                                          filebox/, node-hello/): no Docker needed (scripts/demo.sh uses this)
 # Env: IMAGE_PREFIX (default microinit), IMAGE_TAG (default latest), BUILD_DIR (staging, default <repo>/.build),
 #      NODE_BIN (default: node in PATH), CONSUL_BIN (default: what scripts/install-consul.sh installs),
 #      MICROINIT_CACHE (download cache, default <repo>/.cache).
@@ -18,6 +20,8 @@ tag=${IMAGE_TAG:-latest}
 build=${BUILD_DIR:-$repo/.build}
 cache=${MICROINIT_CACHE:-$repo/.cache}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
+stage_only=${STAGE_ONLY:-}
+[ "$stage_only" != 0 ] || stage_only=""
 die() { echo "build-images: $*" >&2; exit 1; }
 step() { echo "build-images: $*" >&2; }
 
@@ -25,6 +29,7 @@ step() { echo "build-images: $*" >&2; }
 docker_build() { # docker_build IMAGE CONTEXT [docker build args...]
     local image=$1 context=$2 log
     shift 2
+    [ -z "$stage_only" ] || return 0
     log=$(docker build -t "$image" "$@" "$context" 2>&1) || { echo "$log" >&2; die "docker build of $image failed"; }
     echo "image $image $(docker image inspect -f '{{.Size}}' "$image")"
 }
@@ -46,7 +51,7 @@ fetch_busybox() {
 }
 
 mkdir -p "$build" "$cache"
-command -v docker >/dev/null || die "docker not found"
+[ -n "$stage_only" ] || command -v docker >/dev/null || die "docker not found"
 
 step "building the static microinit (musl)"
 if command -v rustup >/dev/null; then rustup target add x86_64-unknown-linux-musl >&2; fi
@@ -66,8 +71,8 @@ docker_build "$prefix/base:$tag" "$build/base" -f "$repo/Dockerfile"
 
 step "building the runtime volume (filebox) from node"
 node=$(command -v "${NODE_BIN:-node}") || die "node not found (set NODE_BIN): the example app's runtime"
-"$repo/scripts/filebox.sh" --microinit "${DEV_CHECK_BIN:-$microinit}" --tag "$prefix/filebox:$tag" "$build/filebox" "$node" >&2
-echo "image $prefix/filebox:$tag $(docker image inspect -f '{{.Size}}' "$prefix/filebox:$tag")"
+"$repo/scripts/filebox.sh" --microinit "${DEV_CHECK_BIN:-$microinit}" "$build/filebox" "$node" >&2
+docker_build "$prefix/filebox:$tag" "$build/filebox"
 
 step "building the example app image"
 rm -rf "$build/node-hello"
@@ -75,6 +80,7 @@ cp -a "$repo/examples/node-hello" "$build/node-hello"
 cp -a "$build/filebox/links" "$build/node-hello/links"
 docker_build "$prefix/node-hello:$tag" "$build/node-hello" --build-arg "BASE=$prefix/base:$tag"
 
+[ -z "$stage_only" ] || exit 0
 step "building the consul image"
 consul=${CONSUL_BIN:-$("$repo/scripts/install-consul.sh" | tail -n1)}
 [ -x "$consul" ] || die "consul binary $consul not executable"
