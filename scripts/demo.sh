@@ -21,7 +21,7 @@ bold=$'\e[1m' off=$'\e[0m'
 [ -t 1 ] || bold="" off=""
 n=0
 step() { n=$((n + 1)); printf '\n%s== %d. %s%s\n' "$bold" "$n" "$*" "$off"; }
-show() { printf '%s$ %s%s\n' "$bold" "$*" "$off"; "$@"; }
+show() { printf '%s$ %s%s\n' "$bold" "$*" "$off" >&2; "$@"; } # the command line on stderr: callers may silence stdout
 die() { echo "demo: $*" >&2; exit 1; }
 for tool in curl jq node; do command -v $tool >/dev/null || die "$tool not found (apt-get install $tool)"; done
 summary() { jq -c '[.[] | {Node: .Node.Node, ID: .Service.ID, Address: .Service.Address, Port: .Service.Port,
