@@ -116,6 +116,7 @@ unshare_story() {
 
     # docker run, by hand: new PID + mount namespaces, the volume bind-mounted at /opt/files (unless "novolume"),
     # /proc of the new namespace, the image directory as root, microinit as PID 1 (sh and chroot exec into it).
+    # shellcheck disable=SC2016 # $1..$3 in the single quotes are the inner sh's arguments
     launch() { # launch volume|novolume
         env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PORT="$port" CONSUL_HTTP_ADDR="$consul_addr" \
             MICROINIT_SERVICE_NAME=node-hello MICROINIT_SERVICE_PORT="$port" MICROINIT_SERVICE_ADDRESS=127.0.0.1 \

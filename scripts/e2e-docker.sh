@@ -47,8 +47,8 @@ base=$prefix/base:e2e filebox=$prefix/filebox:e2e app=$prefix/node-hello:e2e con
 
 cleanup() {
     local ids
-    ids=$(docker ps -aq --filter "label=$label")
-    [ -z "$ids" ] || docker rm -f -v $ids >/dev/null 2>&1
+    mapfile -t ids < <(docker ps -aq --filter "label=$label")
+    [ "${#ids[@]}" = 0 ] || docker rm -f -v "${ids[@]}" >/dev/null 2>&1
     docker network rm "$net" >/dev/null 2>&1
     docker rmi "$app" "$base" "$filebox" "$consul" >/dev/null 2>&1
     rm -rf "$build"
@@ -65,9 +65,12 @@ echo "image-size app $(size "$app")"
 echo "image-size filebox $(size "$filebox")"
 echo "image-size consul $(size "$consul")"
 # The seeds' app image was 5.774 MB (Docker's MB: 10^6 bytes).
-[ "$(size "$app")" -lt 5774000 ] && pass "app image below 5.774 MB" || fail "app image not below 5.774 MB"
-[ "$(size "$base")" -lt 2000000 ] && pass "base image below 2 MB" \
-    || say "NOTE base image $(size "$base") bytes, not below the 2 MB target (Debian's busybox-static alone is ~1.98 MB)"
+if [ "$(size "$app")" -lt 5774000 ]; then pass "app image below 5.774 MB"; else fail "app image not below 5.774 MB"; fi
+if [ "$(size "$base")" -lt 2000000 ]; then
+    pass "base image below 2 MB"
+else
+    say "NOTE base image $(size "$base") bytes, not below the 2 MB target (Debian's busybox-static alone is ~1.98 MB)"
+fi
 
 ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$1"; }
 run_bg() { docker run -d --label "$label" --network "$net" "$@" >/dev/null || die "docker run $* failed"; }
@@ -164,9 +167,9 @@ t0=$(now_ms)
 docker stop -t 10 "$run-app" >/dev/null
 stop_ms=$(($(now_ms) - t0))
 code=$(docker inspect -f '{{.State.ExitCode}}' "$run-app")
-[ "$code" = 0 ] && pass "docker stop: exit code 0 (the app exits 0 on SIGTERM)" || fail "docker stop: exit code $code, expected 0"
+if [ "$code" = 0 ]; then pass "docker stop: exit code 0 (the app exits 0 on SIGTERM)"; else fail "docker stop: exit code $code, expected 0"; fi
 # The issue's bound: "well under Docker's 10 s" (generous on purpose; the bench measures latency).
-[ "$stop_ms" -lt 5000 ] && pass "docker stop took $stop_ms ms" || fail "docker stop took $stop_ms ms (not well under 10 s)"
+if [ "$stop_ms" -lt 5000 ]; then pass "docker stop took $stop_ms ms"; else fail "docker stop took $stop_ms ms (not well under 10 s)"; fi
 if [ "$registered_before_stop" = 0 ]; then
     fail "service was not passing in Consul right before docker stop: cannot check the deregistration order"
 elif logs "$run-app" | grep -q "consul instances of \"$svc\": 0 (gone)"; then
@@ -185,8 +188,11 @@ t0=$(now_ms)
 docker stop -t 10 "$run-sleeper" >/dev/null
 stop_ms=$(($(now_ms) - t0))
 code=$(docker inspect -f '{{.State.ExitCode}}' "$run-sleeper")
-[ "$code" = 143 ] && [ "$stop_ms" -lt 5000 ] && pass "docker stop of an app killed by SIGTERM: exit 143 in $stop_ms ms" \
-    || fail "docker stop of sleep: exit $code in $stop_ms ms (expected 143, well under 10 s)"
+if [ "$code" = 143 ] && [ "$stop_ms" -lt 5000 ]; then
+    pass "docker stop of an app killed by SIGTERM: exit 143 in $stop_ms ms"
+else
+    fail "docker stop of sleep: exit $code in $stop_ms ms (expected 143, well under 10 s)"
+fi
 
 # The same app image without its runtime volume: microinit's report instead of the loader's riddle.
 out=$(docker run --rm --label "$label" --network none "$app" 2>&1)

@@ -110,5 +110,5 @@ DOCKERFILE
 if [ -n "$tag" ]; then
     log=$(docker build -t "$tag" "$out" 2>&1) || { echo "$log" >&2; die "docker build of $tag failed"; }
 fi
-echo "filebox: $(ls "$out/files" | wc -l) files, $(du -sb "$out/files" | cut -f1) bytes in $out/files;" \
+echo "filebox: $(find "$out/files" -type f | wc -l) files, $(du -sb "$out/files" | cut -f1) bytes in $out/files;" \
     "symlinks in $out/symlinks.txt" >&2

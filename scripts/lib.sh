@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by scripts/e2e-docker.sh and scripts/demo.sh (sourced, not run).
 
 # poll DEADLINE_SECONDS CMD...: run CMD until it succeeds or the deadline passes (a real condition, not a nap).
