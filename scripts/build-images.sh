@@ -71,7 +71,7 @@ docker_build "$prefix/base:$tag" "$build/base" -f "$repo/Dockerfile"
 
 step "building the runtime volume (filebox) from node"
 node=$(command -v "${NODE_BIN:-node}") || die "node not found (set NODE_BIN): the example app's runtime"
-"$repo/scripts/filebox.sh" --microinit "${DEV_CHECK_BIN:-$microinit}" "$build/filebox" "$node" >&2
+"$repo/scripts/filebox.sh" --microinit "$microinit" "$build/filebox" "$node" >&2
 docker_build "$prefix/filebox:$tag" "$build/filebox"
 
 step "building the example app image"
@@ -85,7 +85,7 @@ step "building the consul image"
 consul=${CONSUL_BIN:-$("$repo/scripts/install-consul.sh" | tail -n1)}
 [ -x "$consul" ] || die "consul binary $consul not executable"
 rm -rf "$build/consul"
-"$repo/scripts/filebox.sh" --microinit "${DEV_CHECK_BIN:-$microinit}" "$build/consul" "$consul" >&2
+"$repo/scripts/filebox.sh" --microinit "$microinit" "$build/consul" "$consul" >&2
 cp "$repo/examples/consul/Dockerfile" "$build/consul/Dockerfile"
 mkdir -p "$build/consul/tmp"
 chmod 1777 "$build/consul/tmp"
