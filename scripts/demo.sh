@@ -63,7 +63,7 @@ docker_story() {
     poll 30 curl -fsS -m 2 "http://$app_ip:8080/" || die "the app did not answer: $(docker logs "$app" 2>&1 | tail -5)"
     show curl -sS "http://$app_ip:8080/"
     show docker exec "$app" ps -o pid,ppid,stat,comm,args
-    docker exec "$app" microinit status 2>/dev/null || true
+    show docker exec "$app" microinit status
 
     step "Registered and passing in Consul, with the container's address"
     poll 30 test "$(instances "$consul_ip:8500" node-hello passing)" = 1 || echo "(not passing yet)"
@@ -143,7 +143,7 @@ unshare_story() {
     init=$(pgrep -P "$(pgrep -P "$pid" -x unshare)") || die "microinit not found under the background job $pid"
     echo "microinit is PID 1 inside, pid $init outside; the docker exec analogue is nsenter:"
     show nsenter -t "$init" -p -m -r -w ps -o pid,ppid,stat,comm,args
-    nsenter -t "$init" -p -m -r -w microinit status 2>/dev/null || true
+    show nsenter -t "$init" -p -m -r -w microinit status
 
     step "Registered and passing in Consul"
     poll 30 test "$(instances "$consul_addr" node-hello passing)" = 1 || echo "(not passing yet)"

@@ -8,7 +8,7 @@
 # for two hosts (a dev-mode server with DNS on 8600, and a client agent joined to it: "the app's host"); create the
 # filebox volume container; run the app with --volumes-from. Then assert, through the SERVER agent, that the app
 # registered with its own host's (client) agent is passing with the container's address (HTTP catalog and DNS
-# SRV); that PID 1 is microinit supervising node; that orphans of a `docker exec` session are reaped; that SIGHUP
+# SRV); that PID 1 is microinit supervising node (ps, and `microinit status` over its control socket); that orphans of a `docker exec` session are reaped; that SIGHUP
 # reaches the app; that `docker stop` deregisters before the app sees SIGTERM, exits 0 (the app exits 0 on SIGTERM)
 # well under Docker's 10 s, and that an app killed by SIGTERM gives 143; and that the app image without the volume
 # exits 127 naming /opt/files and --volumes-from. Prints `image-size NAME BYTES` per image.
@@ -134,10 +134,14 @@ else
     fail "process table does not show microinit supervising node: $(procs | tr '\n' ';')"
 fi
 [ "$(docker inspect -f '{{.HostConfig.Init}}' "$run-app")" != true ] || fail "the app container runs with --init"
-if status=$(docker exec "$run-app" microinit status --json 2>/dev/null) && jq -e . <<<"$status" >/dev/null 2>&1; then
-    say "microinit status --json: $(jq -c . <<<"$status")"
+# What PID 1 knows, through its control socket (the `docker exec` debugging path).
+status() { docker exec "$run-app" microinit status --json; }
+node_pid=$(procs | awk '$4 == "node" {print $1; exit}')
+if status | jq -e --argjson pid "${node_pid:-0}" '.microinit.pid == 1 and .app.pid == $pid and .app.state == "running"
+        and .runtime_check.ok and .consul.state == "registered"' >/dev/null; then
+    pass "docker exec app microinit status: node (pid $node_pid) running, runtime check ok, registered"
 else
-    say "NOTE \`microinit status\` not available in this build; supervision asserted with ps"
+    fail "microinit status --json does not show node $node_pid running and registered: $(status 2>&1 | head -c 600)"
 fi
 
 # Orphans of a `docker exec` session: the exec'd shell's children outlive it, are re-parented to PID 1 (the
@@ -148,6 +152,12 @@ no_sleep_no_zombie() { ! procs | awk '$4 == "sleep" || $3 ~ /^Z/ {found=1} END {
 if poll 10 orphans_on_pid1; then
     if poll 20 no_sleep_no_zombie; then
         pass "orphans of a docker exec session re-parented to PID 1 and reaped (no zombies)"
+        reaped=$(status | jq .zombies_reaped)
+        if [ "${reaped:-0}" -ge 10 ]; then
+            pass "microinit status counts them: zombies_reaped=$reaped"
+        else
+            fail "microinit status says zombies_reaped=$reaped after 10 orphans"
+        fi
     else
         fail "orphans left behind: $(procs | tr '\n' ';')"
     fi
