@@ -7,8 +7,10 @@
 //! The status document PID 1 sends (every field is rendered; a missing one shows as "-"):
 //! `{"microinit":{"version","pid","dialect"}, "app":{"pid","command":[..],"state","uptime_s","restarts",
 //! "last_exit":{"code","signal","status"}|null}, "signals_forwarded", "zombies_reaped",
-//! "runtime_check":{"ok","missing":[..]}|null, "consul":{"agent","service_id","state","last_heartbeat_unix",
-//! "last_heartbeat_result","maintenance","last_error"}|null}`.
+//! "runtime_check":{"ok","missing":[{"kind","path","needed_by","detail"}],..}|null,
+//! "consul":{"agent","service_id","service_name","check_id","service_file","state","ready",
+//! "check":{"status","output"},"last_heartbeat":{"unix","ok","error"}|null,"maintenance","maintenance_reason",
+//! "last_error"}|null}` (`registration::Registration::status_json` and `RuntimeReport::to_json`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -236,20 +238,31 @@ pub(crate) fn render_status(s: &Value, now_unix: f64) -> String {
     ];
     let consul = &s["consul"];
     if consul.is_object() {
-        let heartbeat = match consul["last_heartbeat_unix"].as_f64() {
-            Some(t) => format!(
-                "{} ({} ago)",
-                text(&consul["last_heartbeat_result"]),
-                human_duration((now_unix - t).max(0.0))
-            ),
-            None => "never".into(),
-        };
+        let check = &consul["check"];
+        let mut maintenance = on_off(&consul["maintenance"]);
+        if let Some(reason) = consul["maintenance_reason"].as_str() {
+            maintenance.push_str(&format!(" ({reason})"));
+        }
         rows.extend([
             ("consul agent", text(&consul["agent"])),
+            ("service", text(&consul["service_name"])),
             ("service id", text(&consul["service_id"])),
+        ]);
+        if !consul["service_file"].is_null() {
+            rows.push(("service file", text(&consul["service_file"])));
+        }
+        rows.extend([
             ("registration", text(&consul["state"])),
-            ("last heartbeat", heartbeat),
-            ("maintenance", on_off(&consul["maintenance"])),
+            ("ready", yes_no(&consul["ready"])),
+            (
+                "check",
+                format!("{}: {}", text(&check["status"]), text(&check["output"])),
+            ),
+            (
+                "last heartbeat",
+                heartbeat(&consul["last_heartbeat"], now_unix),
+            ),
+            ("maintenance", maintenance),
             ("last error", text(&consul["last_error"])),
         ]);
     } else {
@@ -268,6 +281,26 @@ fn text(v: &Value) -> String {
         Value::String(s) if s.is_empty() => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => text(other),
+    }
+}
+
+/// `{"unix","ok","error"}` → "ok (4.0s ago)" / "failed (4.0s ago): why"; null → "none yet".
+fn heartbeat(v: &Value, now_unix: f64) -> String {
+    let Some(t) = v["unix"].as_f64() else {
+        return "none yet".into();
+    };
+    let ago = human_duration((now_unix - t).max(0.0));
+    match v["ok"].as_bool() {
+        Some(true) => format!("ok ({ago} ago)"),
+        _ => format!("failed ({ago} ago): {}", text(&v["error"])),
     }
 }
 
@@ -327,11 +360,15 @@ fn runtime_check(v: &Value) -> String {
     if !v.is_object() {
         return "not run".into();
     }
+    // Each entry is {"kind","path",..}; the path is what a person looks for in the runtime volume.
     let missing: Vec<String> = v["missing"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(text)
+        .map(|m| match (m["path"].as_str(), m["kind"].as_str()) {
+            (Some(p), Some(k)) => format!("{p} ({k})"),
+            _ => text(m),
+        })
         .collect();
     match (v["ok"].as_bool(), missing.is_empty()) {
         (Some(true), true) => "ok".into(),
@@ -369,10 +406,14 @@ mod tests {
                     "uptime_s": 3723.4, "restarts": 2,
                     "last_exit": {"code": null, "signal": 15, "status": 143}},
             "signals_forwarded": 12, "zombies_reaped": 3,
-            "runtime_check": {"ok": false, "missing": ["/opt/files/node", "/lib/ld-musl-x86_64.so.1"]},
-            "consul": {"agent": "http://127.0.0.1:8500", "service_id": "web-1", "state": "registered",
-                       "last_heartbeat_unix": 1000.0, "last_heartbeat_result": "passing",
-                       "maintenance": true, "last_error": null}
+            "runtime_check": {"ok": false, "missing": [
+                {"kind": "interpreter", "path": "/lib/ld-musl-x86_64.so.1", "needed_by": "/opt/files/node", "detail": "x"},
+                {"kind": "library", "path": "/opt/files/lib/libstdc++.so.6", "needed_by": null, "detail": "y"}]},
+            "consul": {"agent": "http://127.0.0.1:8500", "service_id": "web-1", "service_name": "web",
+                       "check_id": "microinit:web-1", "service_file": null, "state": "registered", "ready": true,
+                       "check": {"status": "passing", "output": "microinit: app running (pid 7)"},
+                       "last_heartbeat": {"unix": 1000, "ok": true, "error": null},
+                       "maintenance": true, "maintenance_reason": "deploy 42", "last_error": null}
         })
     }
 
@@ -387,12 +428,15 @@ mod tests {
             "killed by signal 15 (SIGTERM), status 143",
             "signals forwarded  12",
             "zombies reaped     3",
-            "FAILED, missing: /opt/files/node, /lib/ld-musl-x86_64.so.1",
-            "http://127.0.0.1:8500",
-            "web-1",
-            "registered",
-            "passing (4.0s ago)",
-            "maintenance        on",
+            "FAILED, missing: /lib/ld-musl-x86_64.so.1 (interpreter), /opt/files/lib/libstdc++.so.6 (library)",
+            "consul agent       http://127.0.0.1:8500",
+            "service            web\n",
+            "service id         web-1",
+            "registration       registered",
+            "ready              yes",
+            "check              passing: microinit: app running (pid 7)",
+            "last heartbeat     ok (4.0s ago)",
+            "maintenance        on (deploy 42)",
         ] {
             assert!(table.contains(expect), "{expect:?} missing from\n{table}");
         }
@@ -406,6 +450,30 @@ mod tests {
             table
                 .lines()
                 .any(|l| l.starts_with("last error ") && l.ends_with(" -")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn status_table_heartbeat_states_and_service_file() {
+        let mut s = full_status();
+        s["consul"]["last_heartbeat"] = Value::Null;
+        s["consul"]["service_file"] = json!("/etc/web.json");
+        s["consul"]["maintenance"] = json!(false);
+        s["consul"]["maintenance_reason"] = Value::Null;
+        let table = render_status(&s, 1004.0);
+        for expect in [
+            "last heartbeat     none yet",
+            "service file       /etc/web.json",
+            "maintenance        off\n",
+        ] {
+            assert!(table.contains(expect), "{expect:?} missing from\n{table}");
+        }
+        s["consul"]["last_heartbeat"] =
+            json!({"unix": 1000, "ok": false, "error": "consul agent unreachable"});
+        let table = render_status(&s, 1064.0);
+        assert!(
+            table.contains("last heartbeat     failed (1m04s ago): consul agent unreachable"),
             "{table}"
         );
     }

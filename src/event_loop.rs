@@ -83,6 +83,8 @@ enum Owner {
         buf: Vec<u8>,
         deadline: Instant,
         timed_out: bool,
+        /// The app instance it checks: a result that outlives it must not speak for its successor.
+        app_pid: Option<i32>,
     },
     Hook {
         kind: HookKind,
@@ -717,10 +719,19 @@ impl EventLoop {
                     output,
                     mut buf,
                     timed_out,
+                    app_pid,
                     ..
                 }) => {
                     read_capped(output.as_raw_fd(), &mut buf);
-                    self.on_health_result(status, buf, timed_out);
+                    if app_pid == self.app_pid {
+                        self.on_health_result(status, buf, timed_out);
+                    } else {
+                        // The app it checked exited meanwhile: a late "passing" would turn the check green
+                        // while the app is down (or vouch for a restarted app that is not ready yet).
+                        log::debug!("dropping the result of a health command for a previous app");
+                        // A restarted app's first run was skipped while this one was still going.
+                        self.schedule_health();
+                    }
                 }
                 Some(Owner::Hook {
                     kind, timed_out, ..
@@ -783,6 +794,7 @@ impl EventLoop {
                         buf: Vec::new(),
                         deadline: Instant::now() + timeout,
                         timed_out: false,
+                        app_pid: self.app_pid,
                     },
                 );
             }

@@ -406,6 +406,9 @@ impl Worker {
         }
         self.registered = true;
         self.ever_registered = true;
+        // The registration carried the check's status, so it refreshed the TTL: it is a heartbeat too
+        // (`microinit status` must not say "never" while a deregistration keeps the follow-up from running).
+        self.last_heartbeat = Some((unix_now(), None));
         self.failures = 0;
         self.last_error = None;
         self.heartbeat_due = Some(Instant::now() + self.cfg.check_ttl / 2);
