@@ -1,9 +1,9 @@
 //! A minimal blocking client for the Consul *agent* HTTP API (ureq 2).
 //!
 //! Owns: the HTTP calls microinit makes (register with `replace-existing-checks`, TTL check update, deregister,
-//! service maintenance, "does the agent still know this service"), their timeouts, the `X-Consul-Token`
-//! header, and turning every failure into one line that names the endpoint (and, for a 403, the ACL
-//! permission the token lacks). Does not own: when to call what (`registration`), nor the service definition's
+//! service maintenance, "does the agent still know this service"), their timeouts, the token (sent as
+//! `Authorization: Bearer`), and turning every failure into one line that names the endpoint (and, for a 403,
+//! the ACL permission the token lacks). Does not own: when to call what (`registration`), nor the service definition's
 //! content. Nothing here panics on what Consul sends back, and the token never appears in a message.
 
 use std::fmt;
@@ -189,7 +189,9 @@ impl Client {
             .agent
             .request(method, &format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
-            req = req.set("X-Consul-Token", t.expose());
+            // Consul takes the token as X-Consul-Token or as a bearer token. Bearer it is: ureq logs every
+            // request's headers at debug level (-vv, RUST_LOG=debug) and masks only Authorization (and Cookie).
+            req = req.set("Authorization", &format!("Bearer {}", t.expose()));
         }
         if let Some(t) = timeout {
             req = req.timeout(t);
