@@ -98,6 +98,7 @@ impl Registration {
             status: Arc::clone(&status),
             phase: Phase::WaitingForApp,
             ready: false,
+            app_up: false,
             registered: false,
             ever_registered: false,
             check: (
@@ -184,6 +185,8 @@ struct Worker {
     status: Arc<Mutex<Value>>,
     phase: Phase,
     ready: bool,
+    /// Between `AppStarted` and `AppDown`: only then may a health result speak for the app.
+    app_up: bool,
     registered: bool,
     ever_registered: bool,
     /// What the TTL check should show in Consul.
@@ -238,6 +241,7 @@ impl Worker {
                     return;
                 }
                 self.phase = Phase::Active;
+                self.app_up = true;
                 self.ready = self.cfg.readiness == Readiness::Immediate;
                 self.check = if self.ready {
                     self.last_health.clone().unwrap_or((
@@ -255,6 +259,9 @@ impl Worker {
                 }
                 self.sync();
             }
+            // After AppDown (a restart under way: the old app still runs its grace period), a passing health
+            // result would turn the check green while the app is going away.
+            Command::Health { .. } if !self.app_up => {}
             Command::Health { status, output } => {
                 self.last_health = Some((status, output.clone()));
                 if !self.ready
@@ -276,6 +283,7 @@ impl Worker {
                 }
             }
             Command::AppDown { reason } => {
+                self.app_up = false;
                 self.ready = false;
                 self.probe_due = None;
                 self.last_health = None;
