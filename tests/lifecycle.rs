@@ -219,7 +219,10 @@ fn maintenance_is_visible_in_consul() {
     );
     let st = c.status();
     assert_eq!(
-        (&st["consul"]["maintenance"], &st["consul"]["maintenance_reason"]),
+        (
+            &st["consul"]["maintenance"],
+            &st["consul"]["maintenance_reason"]
+        ),
         (&Value::Bool(true), &Value::from("deploy 42"))
     );
     let table = String::from_utf8_lossy(&c.client(&["status"]).stdout).into_owned();
@@ -292,7 +295,10 @@ fn crashing_app_is_critical_while_down_and_exits_with_its_last_status() {
         .filter(|w| w[0] != "passing" && w[1] == "passing")
         .count()
         + usize::from(states.first() == Some(&"passing"));
-    assert_eq!(passing_runs, 3, "passing during each of the 3 runs: {seen:?}");
+    assert_eq!(
+        passing_runs, 3,
+        "passing during each of the 3 runs: {seen:?}"
+    );
     let stderr = c.final_stderr();
     assert_eq!(
         exit_code(exited.unwrap()),
@@ -300,7 +306,10 @@ fn crashing_app_is_critical_while_down_and_exits_with_its_last_status() {
         "the last run's status: {stderr}"
     );
     assert!(stderr.contains("giving up after 2 restarts"), "{stderr}");
-    assert!(agent.service("cr-1", None).is_none(), "deregistered at the end");
+    assert!(
+        agent.service("cr-1", None).is_none(),
+        "deregistered at the end"
+    );
 }
 
 #[test]
@@ -344,7 +353,10 @@ fn pre_stop_runs_after_deregistration_and_before_the_signal() {
         lines[0].starts_with("pre-stop: HTTP/") && lines[0].contains(" 404"),
         "the hook ran after deregistration: {log}"
     );
-    assert_eq!(lines[1], "app: TERM", "the hook ran before the app's SIGTERM");
+    assert_eq!(
+        lines[1], "app: TERM",
+        "the hook ran before the app's SIGTERM"
+    );
 }
 
 #[test]
@@ -371,10 +383,17 @@ fn status_reports_registration_and_never_the_token() {
 
     // -vvv: even trace logging (HTTP requests included) must not show it.
     let mut args = consul_args(&agent, "tok");
-    args.extend(["-vvv", "--", "sleep", "1000"].iter().map(|s| s.to_string()));
+    args.extend(
+        ["-vvv", "--", "sleep", "1000"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     let c = Container::start("token", &s(&args), &[("CONSUL_HTTP_TOKEN", &secret)]);
     wait_until("passing with the token", T, || {
-        agent.check_status("microinit:tok-1", Some(master)).as_deref() == Some("passing")
+        agent
+            .check_status("microinit:tok-1", Some(master))
+            .as_deref()
+            == Some("passing")
     });
     let mut outputs = Vec::new();
     // Right after registration the heartbeat is already there (the registration carried the status).
@@ -414,7 +433,10 @@ fn status_reports_registration_and_never_the_token() {
         ("registration", " registered"),
         (
             "check",
-            &format!(" passing: microinit: app running (pid {})", st["app"]["pid"]),
+            &format!(
+                " passing: microinit: app running (pid {})",
+                st["app"]["pid"]
+            ),
         ),
         ("service id", " tok-1"),
         ("runtime check", " ok"),
@@ -452,7 +474,11 @@ fn status_reports_registration_and_never_the_token() {
 
     // A token the agent does not know: the error is in status, the token is not.
     let mut args = consul_args(&agent, "tok");
-    args.extend(["-vvv", "--", "sleep", "1000"].iter().map(|s| s.to_string()));
+    args.extend(
+        ["-vvv", "--", "sleep", "1000"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     let bad = "0ddba11-not-a-known-token";
     let c = Container::start("badtoken", &s(&args), &[("CONSUL_HTTP_TOKEN", bad)]);
     let st = wait_for(T, || {
@@ -540,15 +566,12 @@ fn exec_passes_status_reaps_its_orphans_and_forwards_signals() {
     assert_eq!(comm(exec_pid), "microinit");
     // The orphaned sleep was reparented to `exec` (a child subreaper), not to PID 1.
     let orphan = wait_for(T, || {
-        children(exec_pid)
-            .into_iter()
-            .find(|&p| comm(p) == "sleep")
+        children(exec_pid).into_iter().find(|&p| comm(p) == "sleep")
     })
     .expect("the orphan is exec's child");
     // Signals sent to exec reach CMD.
     unsafe { libc::kill(exec_pid, libc::SIGUSR1) };
-    wait_for(T, || recorded(&f).contains(&libc::SIGUSR1).then_some(()))
-        .expect("USR1 reached CMD");
+    wait_for(T, || recorded(&f).contains(&libc::SIGUSR1).then_some(())).expect("USR1 reached CMD");
     unsafe { libc::kill(exec_pid, libc::SIGTERM) };
     let st = wait_for(T, || session.try_wait().unwrap()).expect("exec ended");
     assert_eq!(st.code(), Some(0), "sigrec exits 0 on SIGTERM");

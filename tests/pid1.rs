@@ -453,22 +453,38 @@ fn bad_input_is_one_line_and_exit_2() {
 fn restart_policy_backs_off_and_honours_max() {
     let d = tempdir("restart");
     let f = d.join("runs");
-    let script = format!("echo run >> {}; exit 3", f.display());
+    // Each run records when it started (ns) and exits with 10 + its number: the last status must win.
+    let script = format!(
+        "date +%s%N >> {f}; exit $((10 + $(wc -l < {f})))",
+        f = f.display()
+    );
     let (code, err) = run_pid1(&[
         "--restart",
         "on-failure",
         "--max-restarts",
-        "2",
+        "3",
         "--",
         "sh",
         "-c",
         &script,
     ]);
-    assert_eq!(code, 3, "{err}");
-    assert_eq!(
-        std::fs::read_to_string(&f).unwrap().lines().count(),
-        3,
-        "first run + 2 restarts"
+    let starts: Vec<u128> = std::fs::read_to_string(&f)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().expect("date +%s%N"))
+        .collect();
+    assert_eq!(starts.len(), 4, "first run + 3 restarts: {err}");
+    assert_eq!(code, 14, "the last run's status: {err}");
+    assert!(err.contains("giving up after 3 restarts"), "{err}");
+    // Exponential backoff (0.5 s, 1 s, 2 s): each pause clearly longer than the one before.
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e9)
+        .collect();
+    assert!(gaps[0] >= 0.4, "first backoff {gaps:?}");
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0] * 1.4),
+        "backoff does not grow: {gaps:?}"
     );
     // on-failure does not restart a clean exit.
     let (code, _) = run_pid1(&[
@@ -534,4 +550,30 @@ fn hooks_run_in_order_and_failures_are_reported() {
     ]);
     assert_eq!(code, 0);
     assert!(err.contains("post-stop hook failed: timed out"), "{err}");
+
+    // Pre-stop: a failing one and one past its timeout are reported, and the app still gets its SIGTERM.
+    for (hook, report) in [
+        ("exit 4", "pre-stop hook failed: exit code 4"),
+        ("sleep 30", "pre-stop hook failed: timed out after 200ms"),
+    ] {
+        let f = d.join(format!("sig-{}", hook.replace(' ', "-")));
+        let p = Pid1::start(
+            &[
+                "--hook-timeout",
+                "200ms",
+                "--pre-stop",
+                hook,
+                "--",
+                helper("sigrec").to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            &[],
+        );
+        wait_ready(&f);
+        p.signal(libc::SIGTERM);
+        let (st, err) = p.wait(T);
+        assert_eq!(exit_code(st), 0, "{err}");
+        assert!(err.contains(report), "{hook}: {err}");
+        assert_eq!(recorded(&f), vec![libc::SIGTERM], "{hook}");
+    }
 }
