@@ -1,158 +1,149 @@
-//! The control socket end to end: the static binary as PID 1 of a new PID namespace
-//! (`unshare --pid --fork --mount-proc`), its socket in a temp dir (MICROINIT_SOCKET), and the same binary as
-//! the client inside the namespace (`nsenter -t PID -p -m`, the `docker exec` analogue). Needs root.
-//!
-//! The small harness below (binary lookup, PID-1 launcher, polling) belongs in tests/common once that lands.
+//! The control socket and the lifecycle it drives, end to end: the static binary as PID 1 of a new PID
+//! namespace (`unshare --pid --fork --mount-proc`), its socket in a private directory (MICROINIT_SOCKET), and
+//! the same binary as the client inside the namespace (`nsenter -t PID -p -m`, the `docker exec` analogue).
+//! Against a real Consul dev agent: `restart`, `maintenance`, the restart policy with a crashing app, the
+//! pre-stop hook and `status`; without one: the socket's own rules, hostile clients and `microinit exec`.
+//! Needs root.
+
+mod common;
+#[path = "common/consul.rs"]
+mod dev_agent;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::*;
+use dev_agent::{wait_until, DevAgent};
 use serde_json::Value;
 
-fn bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let p = std::env::var_os("MICROINIT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("x86_64-unknown-linux-musl/release/microinit"));
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --release --target x86_64-unknown-linux-musl` first (or set MICROINIT_BIN)",
-        p.display()
-    );
-    p
-}
+const T: Duration = Duration::from_secs(20);
 
-/// Poll `f` until it gives Some, failing the test with `what` after 15 s.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// microinit as PID 1 of its own PID namespace, serving its control socket in a private temp dir.
-struct Pid1 {
-    child: Child,
-    host_pid: i32,
+/// microinit as PID 1 with its control socket in `dir`, stderr collected as it comes (a full pipe would
+/// block PID 1's logging).
+struct Container {
+    p: Pid1,
     dir: PathBuf,
     socket: PathBuf,
+    stderr: Arc<Mutex<String>>,
 }
 
-/// The private directory of one test (socket, marker files); created by `Pid1::start`.
-fn test_dir(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("microinit-ctl-it-{tag}-{}", std::process::id()))
-}
-
-impl Pid1 {
-    fn start(tag: &str, app: &[&str]) -> Pid1 {
-        let dir = test_dir(tag);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+impl Container {
+    /// `microinit ARGS` as PID 1; `dir` (from `tempdir`) holds the socket and the test's marker files.
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Container {
         // Other users must reach the socket file itself (the non-root test); its own mode stays 0600.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
         let socket = dir.join("control.sock");
-        let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(bin())
-            .arg("--")
-            .args(app)
-            .env("MICROINIT_SOCKET", &socket)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare");
-        let upid = child.id();
-        let host_pid = wait_for("microinit to start under unshare", || {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("unshare exited early: {st}");
+        let sock = socket.to_string_lossy().to_string();
+        let mut all_env = vec![("MICROINIT_SOCKET", sock.as_str())];
+        all_env.extend_from_slice(env);
+        let mut p = Pid1::start(args, &all_env);
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = p.child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
-            let s = std::fs::read_to_string(format!("/proc/{upid}/task/{upid}/children")).ok()?;
-            s.split_whitespace().next()?.parse().ok()
         });
-        let pid1 = Pid1 {
-            child,
-            host_pid,
-            dir,
+        let c = Container {
+            p,
+            dir: dir.to_path_buf(),
             socket,
+            stderr,
         };
-        wait_for("the control socket to appear", || {
-            pid1.socket.exists().then_some(())
-        });
-        pid1
+        wait_for(T, || c.socket.exists().then_some(()))
+            .unwrap_or_else(|| panic!("no control socket; stderr: {}", c.stderr()));
+        c
+    }
+
+    /// `microinit ARGS` inside the namespace.
+    fn client(&self, args: &[&str]) -> Output {
+        self.client_as(None, args)
     }
 
     /// `microinit ARGS` inside the namespace, as root or (with `uid`) as another user.
-    fn client(&self, uid: Option<u32>, args: &[&str]) -> Output {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &self.host_pid.to_string(), "-p", "-m", "--"]);
+    fn client_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut c = self.p.nsenter();
         if let Some(uid) = uid {
             let id = uid.to_string();
             c.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
         }
         c.arg(bin())
             .args(args)
-            .env("MICROINIT_SOCKET", &self.socket);
-        c.output().expect("run nsenter")
+            .env("MICROINIT_SOCKET", &self.socket)
+            .output()
+            .expect("nsenter")
     }
 
     fn status(&self) -> Value {
-        let out = self.client(None, &["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "status --json failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.client(&["status", "--json"]);
+        assert!(out.status.success(), "status --json: {out:?}");
         serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
     }
 
     /// The host pid of a process of the namespace, given its pid inside (NSpid in /proc/PID/status).
     fn host_pid_of(&self, ns_pid: i64) -> Option<i32> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.host_pid)).ok()?;
-        children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            .find(|p| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|l| l.split_whitespace().last()?.parse::<i64>().ok())
-                    == Some(ns_pid)
-            })
+        children(self.p.host_pid).into_iter().find(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<i64>().ok())
+                == Some(ns_pid)
+        })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.p.child.try_wait().unwrap()
+    }
+
+    /// Everything microinit wrote, once it has exited (the reader thread ends at EOF).
+    fn final_stderr(&self) -> String {
+        let _ = wait_for(Duration::from_secs(2), || {
+            (Arc::strong_count(&self.stderr) == 1).then_some(())
+        });
+        self.stderr()
+    }
+
+    /// The exit code and stderr, once microinit is gone.
+    fn wait(mut self, timeout: Duration) -> (i32, String) {
+        let st = wait_for(timeout, || self.exited())
+            .unwrap_or_else(|| panic!("microinit did not exit within {timeout:?}"));
+        (exit_code(st), self.final_stderr())
     }
 
     /// SIGTERM to PID 1 (what `docker stop` sends) and the time until microinit has exited.
     fn stop(mut self) -> Duration {
         let start = Instant::now();
-        // SAFETY: kill(2) with a pid we started.
-        assert_eq!(unsafe { libc::kill(self.host_pid, libc::SIGTERM) }, 0);
-        wait_for("microinit to exit after SIGTERM", || {
-            self.child.try_wait().ok().flatten()
-        });
+        self.p.signal(libc::SIGTERM);
+        wait_for(T, || self.exited()).expect("microinit to exit after SIGTERM");
         start.elapsed()
     }
 }
 
-impl Drop for Pid1 {
-    fn drop(&mut self) {
-        // --kill-child: killing unshare takes PID 1, and with it the namespace, down.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The host pids of `pid`'s children.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn stderr(out: &Output) -> String {
@@ -162,11 +153,16 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn status_shows_the_app_pid_state_and_counts() {
     // The subshell leaves an orphan that PID 1 must reap: zombies_reaped becomes 1.
-    let pid1 = Pid1::start("status", &["sh", "-c", "(sleep 0.2 &); exec sleep 1000"]);
-    let s = wait_for("the orphan to be reaped", || {
+    let pid1 = Container::start(
+        &tempdir("status"),
+        &["--", "sh", "-c", "(sleep 0.2 &); exec sleep 1000"],
+        &[],
+    );
+    let s = wait_for(T, || {
         let s = pid1.status();
         (s["zombies_reaped"] == 1).then_some(s)
-    });
+    })
+    .expect("the orphan to be reaped");
     assert_eq!(s["microinit"]["pid"], 1);
     assert_eq!(s["microinit"]["dialect"], "microinit");
     assert_eq!(s["app"]["state"], "running");
@@ -187,7 +183,7 @@ fn status_shows_the_app_pid_state_and_counts() {
         "pid {app} is the app (after its exec)"
     );
 
-    let table = pid1.client(None, &["status"]);
+    let table = pid1.client(&["status"]);
     assert!(table.status.success(), "{}", stderr(&table));
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -212,21 +208,20 @@ fn status_shows_the_app_pid_state_and_counts() {
 
 #[test]
 fn signal_reaches_the_app_and_is_counted() {
-    let marker = test_dir("signal").join("usr1");
+    let dir = tempdir("signal");
+    let marker = dir.join("usr1");
     let script = format!(
         "trap 'echo got >> {}' USR1; while :; do sleep 0.05; done",
         marker.display()
     );
-    let pid1 = Pid1::start("signal", &["sh", "-c", &script]);
-    let out = pid1.client(None, &["signal", "USR1"]);
+    let pid1 = Container::start(&dir, &["--", "sh", "-c", &script], &[]);
+    let out = pid1.client(&["signal", "USR1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("SIGUSR1"),
         "{out:?}"
     );
-    wait_for("the app's USR1 trap to run", || {
-        marker.exists().then_some(())
-    });
+    wait_for(T, || marker.exists().then_some(())).expect("the app's USR1 trap to run");
     assert_eq!(pid1.status()["signals_forwarded"], 1);
     assert_eq!(
         pid1.status()["app"]["state"],
@@ -234,7 +229,7 @@ fn signal_reaches_the_app_and_is_counted() {
         "USR1 is trapped, the app lives on"
     );
 
-    let out = pid1.client(None, &["signal", "NOPE"]);
+    let out = pid1.client(&["signal", "NOPE"]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -245,15 +240,16 @@ fn signal_reaches_the_app_and_is_counted() {
 
 #[test]
 fn restart_replaces_the_app_with_a_new_pid() {
-    let pid1 = Pid1::start("restart", &["sleep", "1000"]);
+    let pid1 = Container::start(&tempdir("restart"), &["--", "sleep", "1000"], &[]);
     let before = pid1.status()["app"]["pid"].as_i64().expect("app pid");
-    let out = pid1.client(None, &["restart"]);
+    let out = pid1.client(&["restart"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let s = wait_for("a new app pid after restart", || {
+    let s = wait_for(T, || {
         let s = pid1.status();
         let pid = s["app"]["pid"].as_i64()?;
         (pid != before && s["app"]["state"] == "running").then_some(s)
-    });
+    })
+    .expect("a new app pid after restart");
     assert_eq!(s["app"]["restarts"], 1);
     assert_eq!(
         s["app"]["last_exit"]["signal"],
@@ -268,8 +264,8 @@ fn restart_replaces_the_app_with_a_new_pid() {
 
 #[test]
 fn maintenance_without_consul_is_refused_with_a_reason() {
-    let pid1 = Pid1::start("maint", &["sleep", "1000"]);
-    let out = pid1.client(None, &["maintenance", "on", "--reason", "deploy"]);
+    let pid1 = Container::start(&tempdir("maint"), &["--", "sleep", "1000"], &[]);
+    let out = pid1.client(&["maintenance", "on", "--reason", "deploy"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("Consul registration is off"),
@@ -280,14 +276,14 @@ fn maintenance_without_consul_is_refused_with_a_reason() {
 
 #[test]
 fn a_non_root_user_is_refused() {
-    let pid1 = Pid1::start("nonroot", &["sleep", "1000"]);
+    let pid1 = Container::start(&tempdir("nonroot"), &["--", "sleep", "1000"], &[]);
     let mode = std::fs::metadata(&pid1.socket)
         .expect("socket")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // First line of defence: the file mode (connect gets EACCES).
-    let out = pid1.client(Some(65534), &["status"]);
+    let out = pid1.client_as(Some(65534), &["status"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("permission denied on microinit control socket"),
@@ -297,7 +293,7 @@ fn a_non_root_user_is_refused() {
     assert!(out.stdout.is_empty());
     // Second line: SO_PEERCRED, even when the mode has been loosened.
     std::fs::set_permissions(&pid1.socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let out = pid1.client(Some(65534), &["signal", "KILL"]);
+    let out = pid1.client_as(Some(65534), &["signal", "KILL"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("permission denied: uid 65534"),
@@ -313,7 +309,7 @@ fn a_non_root_user_is_refused() {
 
 #[test]
 fn outside_a_container_no_socket_answers() {
-    let dir = test_dir("nosocket");
+    let dir = tempdir("nosocket");
     let socket = dir.join("missing.sock");
     let out = Command::new(bin())
         .arg("status")
@@ -380,20 +376,21 @@ fn hostile_clients(
 
 #[test]
 fn hostile_clients_do_not_delay_sigterm_forwarding() {
-    let quiet = Pid1::start("quiet", &["sleep", "1000"]);
+    let quiet = Container::start(&tempdir("quiet"), &["--", "sleep", "1000"], &[]);
     let baseline = quiet.stop();
 
-    let pid1 = Pid1::start("hostile", &["sleep", "1000"]);
+    let pid1 = Container::start(&tempdir("hostile"), &["--", "sleep", "1000"], &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let connections: Arc<[AtomicU32; 6]> = Arc::new(Default::default());
     let clients = hostile_clients(&pid1.socket, &stop, &connections);
     // Under way: every one of them was cut off (the silent ones by the 2 s time limit) and came back.
-    wait_for("every hostile client to be cut off once", || {
+    wait_for(T, || {
         connections
             .iter()
             .all(|c| c.load(Ordering::Relaxed) >= 2)
             .then_some(())
-    });
+    })
+    .expect("every hostile client to be cut off once");
     let status = pid1.status();
     assert_eq!(
         status["app"]["state"], "running",
@@ -415,5 +412,496 @@ fn hostile_clients_do_not_delay_sigterm_forwarding() {
     assert!(
         under_attack < baseline + Duration::from_secs(1),
         "SIGTERM took {under_attack:?} under attack vs {baseline:?} without clients"
+    );
+}
+
+/// Consul flags for service `name` (id `name-1`) with a short TTL.
+fn consul_args(agent: &DevAgent, name: &str) -> Vec<String> {
+    let id = format!("{name}-1");
+    [
+        "--consul-addr",
+        &agent.addr(),
+        "--service-name",
+        name,
+        "--service-id",
+        &id,
+        "--check-ttl",
+        "4s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn check(agent: &DevAgent, check_id: &str) -> (String, String) {
+    let c = &agent.checks(None)[check_id];
+    (
+        c["Status"].as_str().unwrap_or("absent").to_string(),
+        c["Output"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn restart_turns_the_check_critical_then_passing_once_ready() {
+    let agent = DevAgent::start();
+    let d = tempdir("restart-consul");
+    // The app is ready 300 ms after it starts (it writes its pid to DIR/ready) and drains for 500 ms after
+    // SIGTERM, still healthy, as real apps do; the health command passes while DIR/ready exists. A health
+    // result from the draining app must not turn the check passing again.
+    let app = format!(
+        "trap 'sleep 0.5; rm -f {d}/ready; exit 0' TERM; sleep 0.3; echo $$ > {d}/ready.tmp; \
+         mv {d}/ready.tmp {d}/ready; while :; do sleep 0.05 & wait $!; done",
+        d = d.display()
+    );
+    let health = format!("test -e {}/ready", d.display());
+    let mut args = consul_args(&agent, "rs");
+    args.extend(
+        ["--health-cmd", &health, "--health-interval", "100ms"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["--", "bash", "-c", &app].iter().map(|s| s.to_string()));
+    let c = Container::start(&d, &strs(&args), &[]);
+    wait_until("passing before the restart", T, || {
+        check(&agent, "microinit:rs-1").0 == "passing"
+    });
+    let before = c.status()["app"]["pid"].as_i64().expect("app pid");
+
+    let out = c.client(&["restart"]);
+    assert!(out.status.success(), "{out:?}");
+    // The check must go critical while the old app winds down and the new one is not ready yet.
+    wait_until("critical after `microinit restart`", T, || {
+        check(&agent, "microinit:rs-1").0 == "critical"
+    });
+    let mut seen: Vec<(String, String)> = Vec::new();
+    wait_until("passing again after the restart", T, || {
+        let now = check(&agent, "microinit:rs-1");
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        seen.last().is_some_and(|(s, _)| s == "passing")
+    });
+    assert!(
+        seen.iter().any(|(_, o)| o.contains("not ready yet")),
+        "the new app was reported not ready before it passed: {seen:?}"
+    );
+    let st = c.status();
+    let after = st["app"]["pid"].as_i64().expect("new app pid");
+    assert_ne!(after, before, "a new app instance: {st}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("ready")).ok(),
+        Some(format!("{after}\n")),
+        "passing only once the new app is ready"
+    );
+    assert_eq!(st["app"]["restarts"], 1);
+    assert_eq!(st["consul"]["state"], "registered");
+    assert_eq!(st["consul"]["ready"], true);
+    // The catalog (what clients query) follows the agent's local state by anti-entropy: poll it.
+    wait_until("passing in the catalog", T, || {
+        agent.passing_instances("rs") == 1
+    });
+
+    c.p.signal(libc::SIGTERM);
+    let (code, err) = c.wait(T);
+    assert_eq!(code, 0, "{err}");
+    assert!(agent.service("rs-1", None).is_none(), "deregistered");
+}
+
+#[test]
+fn maintenance_is_visible_in_consul() {
+    let agent = DevAgent::start();
+    let mut args = consul_args(&agent, "mt");
+    args.extend(["--", "sleep", "1000"].iter().map(|s| s.to_string()));
+    let c = Container::start(&tempdir("maint-consul"), &strs(&args), &[]);
+    wait_until("passing", T, || agent.passing_instances("mt") == 1);
+
+    let out = c.client(&["maintenance", "on", "--reason", "deploy 42"]);
+    assert!(out.status.success(), "{out:?}");
+    let maint = "_service_maintenance:mt-1";
+    wait_until("the maintenance check", T, || {
+        agent.checks(None).get(maint).is_some()
+    });
+    let m = agent.checks(None)[maint].clone();
+    assert_eq!(
+        (m["Status"].as_str(), m["Notes"].as_str()),
+        (Some("critical"), Some("deploy 42"))
+    );
+    wait_until("out of the catalog's passing set", T, || {
+        agent.passing_instances("mt") == 0
+    });
+    let st = c.status();
+    assert_eq!(
+        (
+            &st["consul"]["maintenance"],
+            &st["consul"]["maintenance_reason"]
+        ),
+        (&Value::Bool(true), &Value::from("deploy 42"))
+    );
+    let table = String::from_utf8_lossy(&c.client(&["status"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("maintenance") && l.ends_with(" on (deploy 42)")),
+        "{table}"
+    );
+
+    let out = c.client(&["maintenance", "off"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the maintenance check gone", T, || {
+        agent.checks(None).get(maint).is_none()
+    });
+    wait_until("passing again", T, || agent.passing_instances("mt") == 1);
+    assert_eq!(c.status()["consul"]["maintenance"], false);
+}
+
+#[test]
+fn crashing_app_is_critical_while_down_and_exits_with_its_last_status() {
+    let agent = DevAgent::start();
+    let d = tempdir("crash-consul");
+    // Run n exits with 10+n after 500 ms up: the exit status must be the last run's (13), not the first's.
+    let app = format!(
+        "echo run >> {d}/runs; sleep 0.5; exit $((10 + $(wc -l < {d}/runs)))",
+        d = d.display()
+    );
+    let mut args = consul_args(&agent, "cr");
+    args.extend(
+        [
+            "--restart",
+            "on-failure",
+            "--max-restarts",
+            "2",
+            "--",
+            "bash",
+            "-c",
+            &app,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut c = Container::start(&d, &strs(&args), &[]);
+    // Every distinct (status, output) of the TTL check, in order, until microinit exits.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let exited = wait_for(T, || {
+        let now = check(&agent, "microinit:cr-1");
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        c.exited()
+    });
+    assert!(exited.is_some(), "microinit did not give up: {seen:?}");
+    let states: Vec<&str> = seen
+        .iter()
+        .filter(|(s, _)| s != "absent")
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let down = seen
+        .iter()
+        .filter(|(s, o)| s == "critical" && o.contains("exit code") && o.contains("restarting"))
+        .count();
+    assert_eq!(
+        down, 2,
+        "critical while down before each of the 2 restarts: {seen:?}"
+    );
+    let passing_runs = states
+        .windows(2)
+        .filter(|w| w[0] != "passing" && w[1] == "passing")
+        .count()
+        + usize::from(states.first() == Some(&"passing"));
+    assert_eq!(
+        passing_runs, 3,
+        "passing during each of the 3 runs: {seen:?}"
+    );
+    let stderr = c.final_stderr();
+    assert_eq!(
+        exit_code(exited.unwrap()),
+        13,
+        "the last run's status: {stderr}"
+    );
+    assert!(stderr.contains("giving up after 2 restarts"), "{stderr}");
+    assert!(
+        agent.service("cr-1", None).is_none(),
+        "deregistered at the end"
+    );
+}
+
+#[test]
+fn pre_stop_runs_after_deregistration_and_before_the_signal() {
+    let agent = DevAgent::start();
+    let d = tempdir("prestop-consul");
+    let log = d.join("log");
+    let port = agent.http_port;
+    // The hook asks the agent for the service and records the HTTP status line.
+    let hook = d.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port}\n\
+             printf 'GET /v1/agent/service/ps-1 HTTP/1.0\\r\\n\\r\\n' >&3\n\
+             echo \"pre-stop: $(head -n1 <&3 | tr -d '\\r')\" >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let app = format!(
+        "trap 'echo app: TERM >> {log}; exit 0' TERM; while :; do sleep 0.05 & wait $!; done",
+        log = log.display()
+    );
+    let hook_cmd = format!("bash {}", hook.display());
+    let mut args = consul_args(&agent, "ps");
+    args.extend(
+        ["--pre-stop", &hook_cmd, "--", "bash", "-c", &app]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let c = Container::start(&d, &strs(&args), &[]);
+    wait_until("passing", T, || agent.passing_instances("ps") == 1);
+    c.p.signal(libc::SIGTERM);
+    let (code, err) = c.wait(T);
+    assert_eq!(code, 0, "{err}");
+    let log = std::fs::read_to_string(&log).expect("hook and app wrote the log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with("pre-stop: HTTP/") && lines[0].contains(" 404"),
+        "the hook ran after deregistration: {log}"
+    );
+    assert_eq!(
+        lines[1], "app: TERM",
+        "the hook ran before the app's SIGTERM"
+    );
+}
+
+#[test]
+fn status_reports_registration_and_never_the_token() {
+    let master = "m4ster-t0ken-for-lifecycle";
+    let hcl = format!(
+        r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" }} }}"#
+    );
+    let agent = DevAgent::start_with(&["-hcl", &hcl]);
+    let policy = r#"{"Name": "tok-write", "Rules": "service \"tok\" { policy = \"write\" }"}"#;
+    let (st, body) = agent.request("PUT", "/v1/acl/policy", Some(master), Some(policy));
+    assert_eq!(st, 200, "create policy: {body}");
+    let (st, body) = agent.request(
+        "PUT",
+        "/v1/acl/token",
+        Some(master),
+        Some(r#"{"Policies": [{"Name": "tok-write"}]}"#),
+    );
+    assert_eq!(st, 200, "create token: {body}");
+    let secret = serde_json::from_str::<Value>(&body).unwrap()["SecretID"]
+        .as_str()
+        .expect("SecretID")
+        .to_string();
+
+    // -vvv: even trace logging (HTTP requests included) must not show it.
+    let mut args = consul_args(&agent, "tok");
+    args.extend(
+        ["-vvv", "--", "sleep", "1000"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let c = Container::start(
+        &tempdir("token"),
+        &strs(&args),
+        &[("CONSUL_HTTP_TOKEN", &secret)],
+    );
+    wait_until("passing with the token", T, || {
+        agent
+            .check_status("microinit:tok-1", Some(master))
+            .as_deref()
+            == Some("passing")
+    });
+    let mut outputs = Vec::new();
+    // Right after registration the heartbeat is already there (the registration carried the status).
+    let st = wait_for(T, || {
+        let st = c.status();
+        (st["consul"]["check"]["status"] == "passing").then_some(st)
+    })
+    .expect("status shows passing");
+    outputs.push(st.to_string());
+    let consul = &st["consul"];
+    assert_eq!(consul["agent"], format!("http://{}", agent.addr()));
+    assert_eq!(
+        (
+            consul["service_id"].as_str(),
+            consul["service_name"].as_str(),
+            consul["check_id"].as_str(),
+            consul["state"].as_str()
+        ),
+        (
+            Some("tok-1"),
+            Some("tok"),
+            Some("microinit:tok-1"),
+            Some("registered")
+        )
+    );
+    assert_eq!(consul["ready"], true);
+    assert_eq!(consul["last_heartbeat"]["ok"], true, "{st}");
+    assert!(consul["last_heartbeat"]["unix"].as_u64().is_some(), "{st}");
+    assert!(consul["last_error"].is_null(), "{st}");
+    assert_eq!(st["runtime_check"]["ok"], true, "{st}");
+    assert_eq!(st["runtime_check"]["missing"], serde_json::json!([]));
+
+    let table = c.client(&["status"]);
+    let text = String::from_utf8_lossy(&table.stdout).into_owned();
+    for (row, tail) in [
+        ("last heartbeat", " ago)"),
+        ("registration", " registered"),
+        (
+            "check",
+            &format!(
+                " passing: microinit: app running (pid {})",
+                st["app"]["pid"]
+            ),
+        ),
+        ("service id", " tok-1"),
+        ("runtime check", " ok"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(row) && l.ends_with(tail)),
+            "{row} …{tail} missing from\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("last heartbeat") && l.contains(" ok (")),
+        "{text}"
+    );
+    outputs.push(text);
+    outputs.push(String::from_utf8_lossy(&table.stderr).into_owned());
+    // More token-carrying calls: maintenance on and off.
+    for args in [&["maintenance", "on"][..], &["maintenance", "off"]] {
+        let out = c.client(args);
+        assert!(out.status.success(), "{out:?}");
+        outputs.push(format!("{out:?}"));
+    }
+    c.p.signal(libc::SIGTERM);
+    let (code, err) = c.wait(T);
+    assert_eq!(code, 143, "sleep dies of SIGTERM");
+    assert!(
+        err.contains("registered service"),
+        "trace logging is on: {err}"
+    );
+    outputs.push(err);
+    for o in &outputs {
+        assert!(!o.contains(&secret), "the token leaked:\n{o}");
+    }
+
+    // A token the agent does not know: the error is in status, the token is not.
+    let mut args = consul_args(&agent, "tok");
+    args.extend(
+        ["-vvv", "--", "sleep", "1000"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let bad = "0ddba11-not-a-known-token";
+    let c = Container::start(
+        &tempdir("badtoken"),
+        &strs(&args),
+        &[("CONSUL_HTTP_TOKEN", bad)],
+    );
+    let st = wait_for(T, || {
+        let st = c.status();
+        (!st["consul"]["last_error"].is_null()).then_some(st)
+    })
+    .expect("an error in status");
+    assert!(
+        st["consul"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403")),
+        "{st}"
+    );
+    let table = c.client(&["status"]);
+    c.p.signal(libc::SIGTERM);
+    let (_, err) = c.wait(T);
+    for o in [
+        st.to_string(),
+        format!("{table:?}"),
+        String::from_utf8_lossy(&table.stdout).into_owned(),
+        err,
+    ] {
+        assert!(!o.contains(bad), "the token leaked:\n{o}");
+    }
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn exec_passes_status_reaps_its_orphans_and_forwards_signals() {
+    // PID 1 with Consul settings in its environment: `exec` must not register, nor touch PID 1's socket.
+    let c = Container::start(
+        &tempdir("exec"),
+        &["--", "sleep", "1000"],
+        &[
+            ("CONSUL_HTTP_ADDR", "127.0.0.1:1"),
+            ("MICROINIT_SERVICE_NAME", "nope"),
+        ],
+    );
+    let exec = |cmd: &[&str]| {
+        let mut n = c.p.nsenter();
+        n.arg(bin())
+            .arg("exec")
+            .arg("--")
+            .args(cmd)
+            .env("MICROINIT_SOCKET", &c.socket)
+            .env("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+            .env("MICROINIT_SERVICE_NAME", "nope");
+        n
+    };
+    let out = exec(&["sh", "-c", "exit 7"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "no registration, no runtime check noise: {out:?}"
+    );
+    let out = exec(&["sh", "-c", "kill -USR1 $$"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGUSR1), "{out:?}");
+
+    // A session that leaves an orphan behind and then waits for signals.
+    let f = c.dir.join("sig");
+    let script = format!(
+        "(sleep 1000 &); exec {} {}",
+        helper("sigrec").display(),
+        f.display()
+    );
+    let mut session = exec(&["sh", "-c", &script]).spawn().unwrap();
+    wait_ready(&f);
+    let nsenter = session.id() as i32;
+    let exec_pid = wait_for(T, || children(nsenter).first().copied()).expect("exec under nsenter");
+    assert_eq!(comm(exec_pid), "microinit");
+    // The orphaned sleep was reparented to `exec` (a child subreaper), not to PID 1.
+    let orphan = wait_for(T, || {
+        children(exec_pid).into_iter().find(|&p| comm(p) == "sleep")
+    })
+    .expect("the orphan is exec's child");
+    // Signals sent to exec reach CMD.
+    unsafe { libc::kill(exec_pid, libc::SIGUSR1) };
+    wait_for(T, || recorded(&f).contains(&libc::SIGUSR1).then_some(())).expect("USR1 reached CMD");
+    unsafe { libc::kill(exec_pid, libc::SIGTERM) };
+    let st = wait_for(T, || session.try_wait().unwrap()).expect("exec ended");
+    assert_eq!(st.code(), Some(0), "sigrec exits 0 on SIGTERM");
+    assert_eq!(recorded(&f), vec![libc::SIGUSR1, libc::SIGTERM]);
+    assert!(
+        !Path::new(&format!("/proc/{orphan}")).exists(),
+        "the orphan was terminated and reaped by exec (no zombie left)"
+    );
+    let st = c.status();
+    assert_eq!(
+        st["zombies_reaped"], 0,
+        "PID 1 reaped nothing of the session: {st}"
+    );
+    assert_eq!(
+        st["app"]["state"], "running",
+        "PID 1 still answers on its socket"
     );
 }
