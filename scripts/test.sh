@@ -28,7 +28,7 @@ rustup component add rustfmt clippy
 step "Consul (Debian bullseye's package, cached)"
 CONSUL_BIN=$(scripts/install-consul.sh | tail -1)
 export CONSUL_BIN
-"$CONSUL_BIN" version | head -1
+"$CONSUL_BIN" version | sed -n 1p
 
 step "cargo fmt --check"
 cargo fmt --check
