@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# microinit side by side with tini, tini-static, dumb-init and catatonit (Debian's), in ONE run.
+#
+#   scripts/bench.sh [--quick] [--only LIST] [--skip LIST] [--out FILE] [--no-build] [--no-install]
+#
+# Sections (LIST is comma-separated): size startup rss idle signal orphans check consul
+#   size     binary size (and linkage)                 startup  wall time of `INIT -- true` vs bare `true`
+#   rss      the init's RSS supervising a sleeping app  idle     CPU ticks + wakeups of the init in 10 s idle
+#   signal   SIGTERM forwarding latency, init as PID 1  orphans  time to reap 2000 orphans, zombies left
+#   check    runtime check cost (microinit only)        consul   Consul registration figures (microinit only)
+# Samples of different inits are interleaved one by one (orphan rounds: init by init), rotating the order, so a
+# noisy machine hits them all alike; medians (and p99 where asked) are reported, with ratios to the best anchor.
+# Prints a markdown table and writes it to --out (default: bench-results.md at the repository root).
+# Needs root (unshare --pid, apt-get). A section microinit cannot run yet prints "n/a (not built)".
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+die() { echo "bench: $*" >&2; exit 1; }
+note() { echo "bench: $*" >&2; }
+
+all_sections="size startup rss idle signal orphans check consul"
+quick=0 only="" skip="" out="$repo/bench-results.md" build=1 install=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --only) only=${2:?--only needs a list}; shift ;;
+        --skip) skip=${2:?--skip needs a list}; shift ;;
+        --out) out=${2:?--out needs a file}; shift ;;
+        --no-build) build=0 ;;
+        --no-install) install=0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+    shift
+done
+for s in ${only//,/ } ${skip//,/ }; do
+    [[ " $all_sections " == *" $s "* ]] || die "unknown section '$s' (sections: $all_sections)"
+done
+want() { # want SECTION: selected by --only/--skip?
+    { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; } && [[ ",$skip," != *",$1,"* ]]
+}
+[ "$(id -u)" -eq 0 ] || die "run as root (PID namespaces via unshare, apt-get for the anchors)"
+
+# Sample counts. Default: >= 200 runs per init for startup and signal latency; --quick: a smoke run.
+if [ "$quick" -eq 1 ]; then
+    start_runs=50 sig_runs=40 orphan_rounds=1 idle_secs=2 check_runs=50 consul_n=5
+else
+    start_runs=200 sig_runs=200 orphan_rounds=5 idle_secs=10 check_runs=200 consul_n=20
+fi
+orphans=2000
+
+work=$(mktemp -d /tmp/microinit-bench.XXXXXX)
+cleanup() {
+    if [ -n "${consul_dir:-}" ]; then "$repo/scripts/consul-dev.sh" stop "$consul_dir" >/dev/null 2>&1 || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- set-up: anchors, helper, microinit
+if [ "$install" -eq 1 ]; then
+    need=()
+    for p in tini dumb-init catatonit; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+    command -v cc >/dev/null || need+=(gcc libc6-dev)
+    command -v unshare >/dev/null || need+=(util-linux)
+    if want check && [ ! -x /usr/bin/node ]; then need+=(nodejs); fi
+    if [ ${#need[@]} -gt 0 ]; then
+        note "installing ${need[*]} from Debian"
+        apt-get update -qq >"$work/apt.log" 2>&1 || { cat "$work/apt.log" >&2; die "apt-get update failed"; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$work/apt.log" 2>&1 ||
+            { tail -n 20 "$work/apt.log" >&2; die "apt-get install ${need[*]} failed"; }
+    fi
+fi
+
+helper="$work/benchhelper"
+cc -O2 -Wall -o "$helper" "$repo/scripts/bench/benchhelper.c" || die "cannot compile scripts/bench/benchhelper.c"
+
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+mi="$target_dir/x86_64-unknown-linux-musl/release/microinit"
+mi_why="not built"
+# build_mi TARGET_DIR [cargo args…]: the static release binary into TARGET_DIR, log in $work.
+build_mi() {
+    local dir=$1; shift
+    (cd "$repo" && cargo build --release --target x86_64-unknown-linux-musl --target-dir "$dir" "$@") \
+        >"$work/cargo.log" 2>&1 || { tail -n 15 "$work/cargo.log" >&2; return 1; }
+}
+if [ "$build" -eq 1 ]; then
+    note "building microinit (static, musl, release)"
+    rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || note "rustup target add failed (offline?)"
+    build_mi "$target_dir" || mi_why="build failed"
+fi
+
+# ---------------------------------------------------------------- the inits under test
+inits=(microinit tini tini-static dumb-init catatonit)
+anchors=(tini tini-static dumb-init catatonit)
+declare -A bin host pid1 # the binary; its command prefix outside a PID namespace; as PID 1
+bin[microinit]=$mi bin[tini]=/usr/bin/tini bin[tini-static]=/usr/bin/tini-static
+bin[dumb-init]=/usr/bin/dumb-init bin[catatonit]=/usr/bin/catatonit
+for i in "${inits[@]}"; do host[$i]="${bin[$i]} --" pid1[$i]="${bin[$i]} --"; done
+# tini warns when it is neither PID 1 nor a subreaper; -s makes it a subreaper, as microinit always is.
+host[tini]="${bin[tini]} -s --" host[tini-static]="${bin[tini-static]} -s --"
+# dumb-init takes no `--`: its first non-option argument is the command.
+host[dumb-init]=${bin[dumb-init]} pid1[dumb-init]=${bin[dumb-init]}
+ns=(unshare --pid --fork --mount-proc)
+
+# An init that cannot run a command here is left out of a section with a reason, never measured wrongly
+# (an unfinished microinit that exits 0 without running anything would look fastest).
+declare -A ok_host ok_pid1 why
+for i in "${inits[@]}"; do
+    why[$i]="not installed"
+    [ -x "${bin[$i]}" ] || { [ "$i" = microinit ] && why[$i]=$mi_why; continue; }
+    why[$i]="does not run a command here"
+    rc=0
+    # shellcheck disable=SC2086 # prefixes are word lists by design (no path here has spaces)
+    ${host[$i]} sh -c 'exit 7' </dev/null >/dev/null 2>&1 || rc=$?
+    if [ "$rc" -eq 7 ]; then ok_host[$i]=1; else note "$i: \`${host[$i]} sh -c 'exit 7'\` gave $rc: left out"; fi
+    rc=0
+    # shellcheck disable=SC2086
+    "${ns[@]}" ${pid1[$i]} sh -c 'exit 7' </dev/null >/dev/null 2>&1 || rc=$?
+    if [ "$rc" -eq 7 ]; then ok_pid1[$i]=1; else note "$i as PID 1: gave $rc instead of 7: left out"; fi
+done
+# Rotating order per round: round r starts at init r mod n.
+rotated() { # rotated ROUND NAME… -> the names, rotated
+    local r=$1; shift
+    local a=("$@") n=$# k
+    for ((k = 0; k < n; k++)); do echo "${a[(k + r) % n]}"; done
+}
+
+# ---------------------------------------------------------------- results and statistics
+declare -A val # val[row|init] = number
+rows=()        # "id|label|unit|target" in display order
+row() { rows+=("$1|$2|$3|$4"); }
+# fmt UNIT VALUE
+fmt() {
+    case $1 in
+        us) awk -v v="$2" 'BEGIN { printf "%.1f µs", v / 1000 }' ;;
+        ms) awk -v v="$2" 'BEGIN { printf "%.1f ms", v / 1e6 }' ;;
+        B) awk -v v="$2" 'BEGIN { printf "%d B", v }' ;;
+        KiB) echo "$2 KiB" ;;
+        *) echo "$2" ;;
+    esac
+}
+# split_samples FILE PREFIX NAME…: the helper's "K NS" lines into PREFIX.NAME[K], one number a line.
+split_samples() {
+    local file=$1 prefix=$2 k; shift 2
+    for ((k = 1; k <= $#; k++)); do awk -v k=$((k - 1)) '$1 == k { print $2 }' "$file" >"$prefix.${!k}"; done
+}
+# pct FILE Q: nearest-rank percentile (Q in 0..100) of the numbers in FILE; empty when FILE has none.
+pct() {
+    sort -n "$1" | awk -v q="$2" '{ v[NR] = $1 } END { if (NR) { k = int((q * NR + 99) / 100); if (k < 1) k = 1; print v[k] } }'
+}
+
+# ---------------------------------------------------------------- size
+if want size; then
+    note "size"
+    row size "binary size" B "le:tini-static"
+    row link "linkage" text none
+    for i in "${inits[@]}"; do
+        # The size of a microinit that cannot run a command yet (a skeleton) would mean nothing.
+        [ -n "${ok_host[$i]:-}${ok_pid1[$i]:-}" ] || continue
+        val[size|$i]=$(stat -L -c %s "${bin[$i]}")
+        if file -L "${bin[$i]}" 2>/dev/null | grep -q 'dynamically linked'; then
+            val[link|$i]="dynamic (+libc)"
+        else val[link|$i]="static"; fi
+    done
+fi
+
+# ---------------------------------------------------------------- startup
+if want startup; then
+    note "startup: $start_runs runs of INIT -- true per init, interleaved run by run with bare true"
+    names=(bare) cmds=(true)
+    for i in "${inits[@]}"; do
+        # shellcheck disable=SC2206 # prefixes are word lists by design (no path here has spaces)
+        [ -z "${ok_host[$i]:-}" ] || { names+=("$i"); cmds+=(::: ${host[$i]} true); }
+    done
+    "$helper" run "$start_runs" "${cmds[@]}" >"$work/start.all"
+    split_samples "$work/start.all" "$work/start" "${names[@]}"
+    bare_med=$(pct "$work/start.bare" 50)
+    row start "\`INIT -- true\` wall, median" us "none"
+    row start99 "\`INIT -- true\` wall, p99" us "none"
+    row overhead "startup overhead over bare \`true\` ($(fmt us "$bare_med")), median" us "factor:1.1"
+    for i in "${inits[@]}"; do
+        [ -s "$work/start.$i" ] || continue
+        val[start|$i]=$(pct "$work/start.$i" 50)
+        val[start99|$i]=$(pct "$work/start.$i" 99)
+        val[overhead|$i]=$((val[start|$i] - bare_med))
+    done
+fi
+
+# ---------------------------------------------------------------- rss + idle (one launch, all inits at once)
+# Idle inits do nothing, so running them side by side in one window is fair and saves n-1 windows.
+proc_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; } # utime+stime, all threads
+proc_wakeups() { # context switches summed over the init's threads
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+if want rss || want idle; then
+    window=$idle_secs
+    want idle || window=0
+    note "rss/idle: every init as PID 1 supervising a sleeping app, ${window} s window"
+    declare -A top initp t0 w0
+    for i in "${inits[@]}"; do
+        [ -n "${ok_pid1[$i]:-}" ] || continue
+        # shellcheck disable=SC2086
+        "${ns[@]}" ${pid1[$i]} "$helper" pause </dev/null >/dev/null 2>&1 &
+        top[$i]=$!
+    done
+    for i in "${!top[@]}"; do
+        initp[$i]=$("$helper" initpid "${top[$i]}" 1)
+        "$helper" initpid "${initp[$i]}" 1 >/dev/null # the app is up: the init's start-up is behind it
+    done
+    for i in "${!top[@]}"; do t0[$i]=$(proc_ticks "${initp[$i]}") w0[$i]=$(proc_wakeups "${initp[$i]}"); done
+    sleep "$window"
+    for i in "${!top[@]}"; do
+        val[rss|$i]=$(awk '/^VmRSS:/ { print $2 }' "/proc/${initp[$i]}/status")
+        val[ticks|$i]=$(($(proc_ticks "${initp[$i]}") - t0[$i]))
+        val[wakeups|$i]=$(($(proc_wakeups "${initp[$i]}") - w0[$i]))
+        kill -TERM "${initp[$i]}"
+    done
+    for i in "${!top[@]}"; do wait "${top[$i]}" || true; done
+    if want rss; then row rss "RSS of the init supervising a sleeping app" KiB "le:best"; fi
+    if want idle; then
+        row ticks "CPU ticks (utime+stime) in ${window} s idle" ticks "zero"
+        row wakeups "wakeups (context switches) in ${window} s idle" n "le:best"
+    fi
+fi
+
+# ---------------------------------------------------------------- signal
+if want signal; then
+    note "signal: $sig_runs SIGTERMs per init, each to a fresh init as PID 1, interleaved"
+    names=() cmds=()
+    for i in "${inits[@]}"; do
+        [ -n "${ok_pid1[$i]:-}" ] || continue
+        [ ${#names[@]} -eq 0 ] || cmds+=(:::)
+        # shellcheck disable=SC2206
+        names+=("$i") cmds+=("${ns[@]}" ${pid1[$i]} "$helper" sigapp)
+    done
+    if [ ${#names[@]} -gt 0 ]; then
+        "$helper" fwd "$sig_runs" 1 "${cmds[@]}" >"$work/sig.all"
+        split_samples "$work/sig.all" "$work/sig" "${names[@]}"
+    fi
+    row sig50 "SIGTERM forwarding latency (PID 1), median" us "le:best"
+    row sig99 "SIGTERM forwarding latency (PID 1), p99" us "le:best"
+    for i in "${inits[@]}"; do
+        [ -s "$work/sig.$i" ] || continue
+        val[sig50|$i]=$(pct "$work/sig.$i" 50)
+        val[sig99|$i]=$(pct "$work/sig.$i" 99)
+    done
+fi
+
+# ---------------------------------------------------------------- orphans
+if want orphans; then
+    note "orphans: $orphan_rounds x $orphans double-forked orphans per init"
+    for ((r = 0; r < orphan_rounds; r++)); do
+        for i in $(rotated "$r" "${inits[@]}"); do
+            [ -n "${ok_pid1[$i]:-}" ] || continue
+            # shellcheck disable=SC2086
+            "${ns[@]}" ${pid1[$i]} "$helper" orphans "$orphans" >>"$work/orph.$i"
+        done
+    done
+    row orph "reap $orphans orphans: fork storm until none left, median" ms "le:best"
+    row orphtail "… of which after the last fork (reap tail), median" us "none"
+    row zomb "zombies left afterwards (worst round)" n "zero"
+    for i in "${inits[@]}"; do
+        [ -s "$work/orph.$i" ] || continue
+        awk '{print $1}' "$work/orph.$i" >"$work/orph1.$i"
+        awk '{print $2}' "$work/orph.$i" >"$work/orph2.$i"
+        val[orph|$i]=$(pct "$work/orph1.$i" 50)
+        val[orphtail|$i]=$(pct "$work/orph2.$i" 50)
+        val[zomb|$i]=$(awk '$3 > m { m = $3 } END { print m + 0 }' "$work/orph.$i")
+    done
+fi
+
+# ---------------------------------------------------------------- extensions (microinit only)
+xrows=() # "label|value|target|verdict"
+xrow() { xrows+=("$1|$2|$3|$4"); }
+fmt_ms() { awk -v v="$1" 'BEGIN { printf "%.3f ms", v / 1e6 }'; }
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v + 0 <= t + 0) ? "✔" : "✘" }'; }
+
+if want check; then
+    node=/usr/bin/node
+    if [ -z "${ok_host[microinit]:-}" ]; then
+        xrow "runtime check of $node" "n/a (${why[microinit]})" "< 1 ms" ""
+    elif ! "$mi" check "$node" >/dev/null 2>&1 || ! "$mi" check "$mi" >/dev/null 2>&1; then
+        xrow "runtime check of $node" "n/a (not built: \`microinit check $node\` did not exit 0)" "< 1 ms" ""
+    else
+        note "check: $check_runs runs per command, interleaved"
+        names=(node static plain) cmds=("$mi" check "$node" ::: "$mi" check "$mi" ::: "$mi" -- true)
+        nocheck=1
+        "$mi" --no-runtime-check -- true >/dev/null 2>&1 || nocheck=0
+        [ "$nocheck" -eq 0 ] || { names+=(nocheck); cmds+=(::: "$mi" --no-runtime-check -- true); }
+        "$helper" run "$check_runs" "${cmds[@]}" >"$work/check.all"
+        split_samples "$work/check.all" "$work/check" "${names[@]}"
+        m_node=$(pct "$work/check.node" 50) m_static=$(pct "$work/check.static" 50) m_plain=$(pct "$work/check.plain" 50)
+        xrow "\`microinit check $node\` wall, median" "$(fmt_ms "$m_node")" "" ""
+        xrow "\`microinit check <static binary>\` wall, median (process + check floor)" "$(fmt_ms "$m_static")" "" ""
+        xrow "check of node and its libraries (difference of the two)" "$(fmt_ms $((m_node - m_static)))" "< 1 ms" \
+            "$(verdict $((m_node - m_static)) 1000000)"
+        xrow "\`microinit -- true\` wall, median" "$(fmt_ms "$m_plain")" "" ""
+        if [ "$nocheck" -eq 1 ]; then
+            m_nocheck=$(pct "$work/check.nocheck" 50)
+            xrow "\`microinit --no-runtime-check -- true\` wall, median" "$(fmt_ms "$m_nocheck")" "" ""
+            xrow "runtime check cost in \`microinit -- true\` (difference)" "$(fmt_ms $((m_plain - m_nocheck)))" "< 1 ms" \
+                "$(verdict $((m_plain - m_nocheck)) 1000000)"
+        else
+            xrow "\`microinit --no-runtime-check -- true\`" "n/a (not built: flag refused)" "" ""
+        fi
+    fi
+fi
+
+if want consul; then
+    consul_dir=""
+    if [ -z "${ok_pid1[microinit]:-}" ]; then
+        xrow "Consul: app ready → passing" "n/a (${why[microinit]})" "< 50 ms" ""
+    elif [ ! -x "$repo/scripts/consul-dev.sh" ]; then
+        xrow "Consul: app ready → passing" "n/a (not built: scripts/consul-dev.sh missing)" "< 50 ms" ""
+    else
+        note "consul: starting a dev agent"
+        consul_dir="$work/consul"
+        if ! addr=$("$repo/scripts/consul-dev.sh" start "$consul_dir" 2>"$work/consul-start.log" | tail -n1); then
+            tail -n 5 "$work/consul-start.log" >&2
+            consul_dir=""
+            xrow "Consul: app ready → passing" "n/a (consul dev agent did not start)" "< 50 ms" ""
+        else
+            note "consul: $consul_n register/deregister cycles against $addr"
+            # The drain pause would only add a configured sleep to "SIGTERM → app"; measure microinit's own cost.
+            if CONSUL_HTTP_ADDR=$addr MICROINIT_DRAIN=0 timeout 60 "$helper" consul "$consul_n" 1 "$addr" bench \
+                "${ns[@]}" "$mi" -- "$helper" sigapp >"$work/consul.out" 2>"$work/consul.err"; then
+                for k in 1 2 3 4; do awk -v k=$k '{ print $k }' "$work/consul.out" >"$work/consul.$k"; done
+                m=$(pct "$work/consul.1" 50) p=$(pct "$work/consul.1" 99)
+                xrow "Consul: app ready → passing, median / p99" "$(fmt_ms "$m") / $(fmt_ms "$p")" "< 50 ms" "$(verdict "$m" 50000000)"
+                xrow "Consul: SIGTERM → deregistered, median" "$(fmt_ms "$(pct "$work/consul.2" 50)")" "" ""
+                xrow "Consul: SIGTERM → app receives it (deregister first, drain 0), median" "$(fmt_ms "$(pct "$work/consul.3" 50)")" "" ""
+                rss=$(pct "$work/consul.4" 50)
+                xrow "Consul: PID-1 RSS with registration on, median" "$rss KiB" "≤ 2048 KiB" "$(verdict "$rss" 2048)"
+            else
+                xrow "Consul: app ready → passing" "n/a (not built: $(tail -n1 "$work/consul.err"))" "< 50 ms" ""
+            fi
+        fi
+    fi
+    if [ -x "$mi" ]; then
+        xrow "binary size, default features" "$(stat -L -c %s "$mi") B" "" ""
+        mi_https="$target_dir/bench-https/x86_64-unknown-linux-musl/release/microinit"
+        if [ "$build" -eq 1 ]; then
+            note "consul: building microinit --features https (own target dir, so neither build relinks the other)"
+            build_mi "$target_dir/bench-https" --features https || rm -f "$mi_https"
+        fi
+        if [ -x "$mi_https" ]; then
+            xrow "binary size, \`--features https\`" "$(stat -L -c %s "$mi_https") B" "" ""
+        else
+            xrow "binary size, \`--features https\`" "n/a (not built)" "" ""
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------- the table
+render() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    echo "## microinit benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) cores ($cpu), kernel $(uname -r); run: $([ "$quick" -eq 1 ] && echo "--quick" || echo default)."
+    echo "Anchors from Debian: tini $(dpkg-query -W -f '${Version}' tini 2>/dev/null), dumb-init" \
+        "$(dpkg-query -W -f '${Version}' dumb-init 2>/dev/null), catatonit $(dpkg-query -W -f '${Version}' catatonit 2>/dev/null)."
+    echo "Samples per init: startup $start_runs, signal $sig_runs, orphans $orphan_rounds × $orphans;" \
+        "startup and signal samples interleave the inits one by one, orphan rounds rotate their order. Lower is better everywhere."
+    echo
+    if [ ${#rows[@]} -gt 0 ]; then
+        printf '| measure |'; printf ' %s |' "${inits[@]}"; echo " best anchor | microinit ÷ best | target |"
+        printf '|---|'; printf -- '---:|%.0s' "${inits[@]}"; echo "---|---:|---|"
+        local r id label unit target i best bestv ratio tv verdict cell
+        for r in "${rows[@]}"; do
+            IFS='|' read -r id label unit target <<<"$r"
+            printf '| %s |' "$label"
+            for i in "${inits[@]}"; do
+                cell=${val[$id|$i]:-}
+                if [ -n "$cell" ]; then cell=$(fmt "$unit" "$cell")
+                elif [ "$i" = microinit ]; then cell="n/a (${why[microinit]})"
+                else cell="n/a"; fi
+                printf ' %s |' "$cell"
+            done
+            best="" bestv=""
+            if [ "$unit" != text ]; then
+                for i in "${anchors[@]}"; do
+                    cell=${val[$id|$i]:-}
+                    [ -n "$cell" ] || continue
+                    if [ -z "$bestv" ] || awk -v a="$cell" -v b="$bestv" 'BEGIN { exit !(a < b) }'; then best=$i bestv=$cell; fi
+                done
+            fi
+            cell=${val[$id|microinit]:-}
+            ratio="—"
+            if [ -n "$cell" ] && [ -n "$bestv" ]; then
+                ratio=$(awk -v a="$cell" -v b="$bestv" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print (a == 0 ? "=" : "—") }')
+            fi
+            verdict=""
+            if [ -n "$cell" ]; then
+                case $target in
+                    le:best) [ -z "$bestv" ] || verdict=$(verdict "$cell" "$bestv") ;;
+                    factor:*) [ -z "$bestv" ] || verdict=$(awk -v a="$cell" -v b="$bestv" -v f="${target#factor:}" \
+                        'BEGIN { print (a <= b * f) ? "✔" : "✘" }') ;;
+                    le:*) tv=${val[$id|${target#le:}]:-}; [ -z "$tv" ] || verdict=$(verdict "$cell" "$tv") ;;
+                    zero) verdict=$(verdict "$cell" 0) ;;
+                esac
+            fi
+            case $target in
+                le:best) tv="≤ best" ;;
+                factor:*) tv="≤ ${target#factor:}× best" ;;
+                le:*) tv="≤ ${target#le:}" ;;
+                zero) tv="0" ;;
+                *) tv="" ;;
+            esac
+            [ -n "$bestv" ] && best="$best ($(fmt "$unit" "$bestv"))"
+            echo " ${best:-—} | $ratio | $tv $verdict |"
+        done
+        echo
+    fi
+    if [ ${#xrows[@]} -gt 0 ]; then
+        echo "| microinit extension | value | target |"
+        echo "|---|---:|---|"
+        local label value target verdict
+        for r in "${xrows[@]}"; do
+            IFS='|' read -r label value target verdict <<<"$r"
+            echo "| $label | $value | $target $verdict |"
+        done
+        echo
+    fi
+}
+render | tee "$out"
+note "written to $out"
