@@ -63,6 +63,8 @@ if [ "$install" -eq 1 ]; then
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v unshare >/dev/null || need+=(util-linux)
     if want check && [ ! -x /usr/bin/node ]; then need+=(nodejs); fi
+    # `--features https` pulls in ring, whose C parts need a musl C compiler for the musl target.
+    if want consul && [ "$build" -eq 1 ] && ! command -v x86_64-linux-musl-gcc >/dev/null; then need+=(musl-tools); fi
     if [ ${#need[@]} -gt 0 ]; then
         note "installing ${need[*]} from Debian"
         apt-get update -qq >"$work/apt.log" 2>&1 || { cat "$work/apt.log" >&2; die "apt-get update failed"; }
@@ -129,6 +131,13 @@ rotated() { # rotated ROUND NAME… -> the names, rotated
 declare -A val # val[row|init] = number
 rows=()        # "id|label|unit|target" in display order
 row() { rows+=("$1|$2|$3|$4"); }
+problems=() # printed under the table: a measurement that failed part-way keeps the samples taken before
+problem() { problems+=("$*"); note "$*"; }
+# measure WHAT OUT CMD…: run a measuring command into OUT; a failure is a problem, not the end of the bench.
+measure() {
+    local what=$1 out=$2; shift 2
+    "$@" >"$out" 2>"$work/measure.err" || problem "$what: $(tail -n1 "$work/measure.err") (samples before it kept)"
+}
 # fmt UNIT VALUE
 fmt() {
     case $1 in
@@ -172,7 +181,7 @@ if want startup; then
         # shellcheck disable=SC2206 # prefixes are word lists by design (no path here has spaces)
         [ -z "${ok_host[$i]:-}" ] || { names+=("$i"); cmds+=(::: ${host[$i]} true); }
     done
-    "$helper" run "$start_runs" "${cmds[@]}" >"$work/start.all"
+    measure startup "$work/start.all" "$helper" run "$start_runs" "${cmds[@]}"
     split_samples "$work/start.all" "$work/start" "${names[@]}"
     bare_med=$(pct "$work/start.bare" 50)
     row start "\`INIT -- true\` wall, median" us "none"
@@ -204,18 +213,30 @@ if want rss || want idle; then
         top[$i]=$!
     done
     for i in "${!top[@]}"; do
-        initp[$i]=$("$helper" initpid "${top[$i]}" 1)
-        "$helper" initpid "${initp[$i]}" 1 >/dev/null # the app is up: the init's start-up is behind it
+        # Measured once the app is up, so the init's own start-up is behind it.
+        if initp[$i]=$("$helper" initpid "${top[$i]}" 1) && "$helper" initpid "${initp[$i]}" 1 >/dev/null; then
+            t0[$i]=$(proc_ticks "${initp[$i]}") w0[$i]=$(proc_wakeups "${initp[$i]}")
+        else
+            problem "rss/idle: $i did not start its app within 5 s"
+        fi
     done
-    for i in "${!top[@]}"; do t0[$i]=$(proc_ticks "${initp[$i]}") w0[$i]=$(proc_wakeups "${initp[$i]}"); done
     sleep "$window"
-    for i in "${!top[@]}"; do
+    for i in "${!t0[@]}"; do
         val[rss|$i]=$(awk '/^VmRSS:/ { print $2 }' "/proc/${initp[$i]}/status")
         val[ticks|$i]=$(($(proc_ticks "${initp[$i]}") - t0[$i]))
         val[wakeups|$i]=$(($(proc_wakeups "${initp[$i]}") - w0[$i]))
-        kill -TERM "${initp[$i]}"
     done
-    for i in "${!top[@]}"; do wait "${top[$i]}" || true; done
+    # SIGTERM goes to the app through the init; whatever is still there after 5 s is SIGKILLed, namespace and all.
+    for i in "${!top[@]}"; do [ -z "${initp[$i]:-}" ] || kill -TERM "${initp[$i]}" 2>/dev/null || true; done
+    deadline=$((SECONDS + 5))
+    for i in "${!top[@]}"; do
+        while kill -0 "${top[$i]}" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
+        if kill -0 "${top[$i]}" 2>/dev/null; then
+            problem "rss/idle: $i did not exit within 5 s of SIGTERM (SIGKILLed)"
+            kill -KILL "${initp[$i]:-${top[$i]}}" "${top[$i]}" 2>/dev/null || true
+        fi
+        wait "${top[$i]}" || true
+    done
     if want rss; then row rss "RSS of the init supervising a sleeping app" KiB "le:best"; fi
     if want idle; then
         row ticks "CPU ticks (utime+stime) in ${window} s idle" ticks "zero"
@@ -234,7 +255,7 @@ if want signal; then
         names+=("$i") cmds+=("${ns[@]}" ${pid1[$i]} "$helper" sigapp)
     done
     if [ ${#names[@]} -gt 0 ]; then
-        "$helper" fwd "$sig_runs" 1 "${cmds[@]}" >"$work/sig.all"
+        measure signal "$work/sig.all" "$helper" fwd "$sig_runs" 1 "${cmds[@]}"
         split_samples "$work/sig.all" "$work/sig" "${names[@]}"
     fi
     row sig50 "SIGTERM forwarding latency (PID 1), median" us "le:best"
@@ -253,7 +274,8 @@ if want orphans; then
         for i in $(rotated "$r" "${inits[@]}"); do
             [ -n "${ok_pid1[$i]:-}" ] || continue
             # shellcheck disable=SC2086
-            "${ns[@]}" ${pid1[$i]} "$helper" orphans "$orphans" >>"$work/orph.$i"
+            measure "orphans ($i)" "$work/orph.out" "${ns[@]}" ${pid1[$i]} "$helper" orphans "$orphans"
+            cat "$work/orph.out" >>"$work/orph.$i"
         done
     done
     row orph "reap $orphans orphans: fork storm until none left, median" ms "le:best"
@@ -287,7 +309,7 @@ if want check; then
         nocheck=1
         "$mi" --no-runtime-check -- true >/dev/null 2>&1 || nocheck=0
         [ "$nocheck" -eq 0 ] || { names+=(nocheck); cmds+=(::: "$mi" --no-runtime-check -- true); }
-        "$helper" run "$check_runs" "${cmds[@]}" >"$work/check.all"
+        measure check "$work/check.all" "$helper" run "$check_runs" "${cmds[@]}"
         split_samples "$work/check.all" "$work/check" "${names[@]}"
         m_node=$(pct "$work/check.node" 50) m_static=$(pct "$work/check.static" 50) m_plain=$(pct "$work/check.plain" 50)
         xrow "\`microinit check $node\` wall, median" "$(fmt_ms "$m_node")" "" ""
@@ -322,7 +344,7 @@ if want consul; then
         else
             note "consul: $consul_n register/deregister cycles against $addr"
             # The drain pause would only add a configured sleep to "SIGTERM → app"; measure microinit's own cost.
-            if CONSUL_HTTP_ADDR=$addr MICROINIT_DRAIN=0 timeout 60 "$helper" consul "$consul_n" 1 "$addr" bench \
+            if CONSUL_HTTP_ADDR=$addr MICROINIT_DRAIN=0 "$helper" consul "$consul_n" 1 "$addr" bench \
                 "${ns[@]}" "$mi" -- "$helper" sigapp >"$work/consul.out" 2>"$work/consul.err"; then
                 for k in 1 2 3 4; do awk -v k=$k '{ print $k }' "$work/consul.out" >"$work/consul.$k"; done
                 m=$(pct "$work/consul.1" 50) p=$(pct "$work/consul.1" 99)
@@ -336,7 +358,7 @@ if want consul; then
             fi
         fi
     fi
-    if [ -x "$mi" ]; then
+    if [ -n "${ok_host[microinit]:-}" ]; then
         xrow "binary size, default features" "$(stat -L -c %s "$mi") B" "" ""
         mi_https="$target_dir/bench-https/x86_64-unknown-linux-musl/release/microinit"
         if [ "$build" -eq 1 ]; then
@@ -420,6 +442,11 @@ render() {
             IFS='|' read -r label value target verdict <<<"$r"
             echo "| $label | $value | $target $verdict |"
         done
+        echo
+    fi
+    if [ ${#problems[@]} -gt 0 ]; then
+        echo "Problems in this run:"
+        printf -- '- %s\n' "${problems[@]}"
         echo
     fi
 }

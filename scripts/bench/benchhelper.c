@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -42,11 +43,22 @@
 
 extern char **environ;
 
+/* The init under test while a measurement waits on it: SIGKILLed on the way out of a failed measurement, which
+ * as PID 1 of its namespace takes the whole namespace with it, so nothing outlives the bench. */
+static pid_t victim;
+static pid_t first_child(pid_t pid);
+
 static void die(const char *fmt, const char *arg)
 {
     fprintf(stderr, "benchhelper: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n");
+    if (victim > 0) {
+        pid_t child = first_child(victim); /* the init, when victim is still `unshare` (it ignores SIGTERM) */
+        kill(victim, SIGKILL);
+        if (child > 0)
+            kill(child, SIGKILL);
+    }
     exit(1);
 }
 
@@ -135,11 +147,18 @@ static pid_t init_pid(pid_t pid, int depth)
     return pid;
 }
 
-/* Read one line from fd (unbuffered: the pipe is shared with nothing else). */
+/* Read one line from fd (unbuffered: the pipe is shared with nothing else); give up after 10 s. */
 static int read_line(int fd, char *buf, size_t len)
 {
     size_t n = 0;
+    long long deadline = now_ns() + 10000000000LL;
     while (n + 1 < len) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        int left_ms = (int)((deadline - now_ns()) / 1000000);
+        if (left_ms <= 0 || (poll(&pfd, 1, left_ms) < 0 && errno != EINTR))
+            break;
+        if (!(pfd.revents & (POLLIN | POLLHUP)))
+            continue;
         ssize_t r = read(fd, buf + n, 1);
         if (r < 0 && errno == EINTR)
             continue;
@@ -158,7 +177,7 @@ static long long expect_stamp(int fd, const char *word)
     char line[128];
     size_t wl = strlen(word);
     if (read_line(fd, line, sizeof line) <= 0 || strncmp(line, word, wl) != 0 || line[wl] != ' ')
-        die("the app did not report '%s' (did the init start it?)", word);
+        die("the app did not report '%s' within 10 s (did the init start it and forward SIGTERM?)", word);
     return atoll(line + wl + 1);
 }
 
@@ -213,15 +232,16 @@ static long long sample_fwd(char **cmd, int depth)
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         die("%s", "pipe failed");
-    pid_t top = spawn(cmd, p[1]);
+    pid_t top = victim = spawn(cmd, p[1]);
     close(p[1]);
     expect_stamp(p[0], "ready");
-    pid_t init = init_pid(top, depth);
+    pid_t init = victim = init_pid(top, depth);
     long long sent = now_ns();
     kill(init, SIGTERM);
     long long got = expect_stamp(p[0], "term");
     close(p[0]);
     wait_status(top);
+    victim = 0;
     return got - sent;
 }
 
@@ -313,11 +333,11 @@ static int mode_consul(int n, int depth, const char *addr, const char *name, cha
         setenv("MICROINIT_SERVICE_ID", svc, 1);
         if (pipe2(p, O_CLOEXEC) < 0)
             die("%s", "pipe failed");
-        pid_t top = spawn(argv, p[1]);
+        pid_t top = victim = spawn(argv, p[1]);
         close(p[1]);
         long long ready = expect_stamp(p[0], "ready");
+        pid_t init = victim = init_pid(top, depth);
         long long passed = poll_until(addr, passing, 0);
-        pid_t init = init_pid(top, depth);
         long rss = rss_kib(init);
         long long sent = now_ns();
         kill(init, SIGTERM);
@@ -325,6 +345,7 @@ static int mode_consul(int n, int depth, const char *addr, const char *name, cha
         long long got = expect_stamp(p[0], "term");
         close(p[0]);
         wait_status(top);
+        victim = 0;
         printf("%lld %lld %lld %ld\n", passed - ready, gone - sent, got - sent, rss);
         fflush(stdout);
     }
