@@ -61,7 +61,6 @@ pub struct SupervisorConfig {
     pub warn_not_reaper: bool,
     /// tini -w: log every reaped zombie at warn level.
     pub warn_on_reap: bool,
-    /// dumb-init -c: only forward signals, no setsid and no group delivery.
     pub restart: RestartPolicy,
     pub max_restarts: Option<u32>,
     pub hooks: Hooks,
@@ -148,7 +147,10 @@ pub enum ServiceSource {
         meta: Vec<(String, String)>,
     },
     /// A service definition in Consul's JSON format (`--service-file`), already parsed.
-    File { path: PathBuf, definition: serde_json::Value },
+    File {
+        path: PathBuf,
+        definition: serde_json::Value,
+    },
 }
 
 /// Options of Consul registration; `None` in `Config` when registration is off.
@@ -180,10 +182,13 @@ pub struct ControlConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dialect: Dialect,
+    /// 0 warn, 1 info, 2 debug, 3+ trace (RUST_LOG overrides).
+    pub verbosity: u8,
     pub supervisor: SupervisorConfig,
     pub runtime: RuntimeCheckConfig,
     pub consul: Option<ConsulConfig>,
-    pub control: ControlConfig,
+    /// None: no control socket (e.g. `microinit exec`).
+    pub control: Option<ControlConfig>,
 }
 
 /// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).
@@ -243,7 +248,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_end);
         let n: f64 = num
             .parse()

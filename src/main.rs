@@ -1,7 +1,148 @@
-//! microinit: wiring only. See the module docs for what each stage owns.
-#![allow(dead_code)] // skeleton: removed once every stage is wired
+//! microinit: a tiny PID-1 init and supervisor for Docker microcontainers.
+//!
+//! main.rs only wires the stages: cli/env → Config → RuntimeCheck → spawn → EventLoop → exit status.
 
+mod cli;
 mod config;
+mod event_loop;
+mod exit_status;
+mod reaper;
+mod registration;
+mod runtime_check;
+mod signals;
+mod supervisor;
 mod which;
 
-fn main() {}
+use std::io::Write;
+
+use cli::{Action, UsageError};
+use config::{Config, Isolation};
+
+fn main() {
+    let code = run();
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn run() -> i32 {
+    let action = match cli::parse(std::env::args_os().collect(), &|k| std::env::var(k).ok()) {
+        Ok(a) => a,
+        Err(UsageError(msg)) => {
+            eprintln!("microinit: {msg}");
+            return 2;
+        }
+    };
+    match action {
+        Action::Print(text) => {
+            print!("{text}");
+            0
+        }
+        Action::Check {
+            json,
+            command,
+            runtime,
+        } => {
+            init_logging(0);
+            runtime_check::check_main(json, &command, &runtime)
+        }
+        Action::Client { .. } => {
+            eprintln!("microinit: the control client is not built yet");
+            125
+        }
+        Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
+    }
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, rec| {
+            let level = match rec.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "microinit: {level}: {}", rec.args())
+        })
+        .init();
+}
+
+/// Be the init: set up signals and reaping, check the runtime, then hand over to the event loop.
+fn supervise(cfg: Config) -> i32 {
+    init_logging(cfg.verbosity);
+    // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
+    let mask = match signals::block_all() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("microinit: cannot block signals: {e}");
+            return 125;
+        }
+    };
+    let is_pid1 = std::process::id() == 1;
+    if !is_pid1 {
+        // Orphans of the app are reparented to the nearest subreaper: us, not the host's init.
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if r != 0 {
+            log::warn!("not PID 1 and cannot become a child subreaper: zombies of the app will not be reaped");
+        } else if cfg.supervisor.warn_not_reaper && cfg.dialect == config::Dialect::Tini {
+            log::info!("not running as PID 1; registered as a child subreaper instead");
+        }
+    }
+    let mut signals = match signals::Signals::open() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("microinit: cannot open a signalfd: {e}");
+            return 125;
+        }
+    };
+    if cfg.supervisor.isolation == Isolation::Session && supervisor::stdin_is_tty() {
+        // Give up our controlling terminal so the app's new session can take it (dumb-init does the same).
+        // If we led the terminal's session, the kernel now sends SIGHUP and SIGCONT to our group: they are
+        // blocked, and dropped right here since they are not meant for the app.
+        // SAFETY: ioctl on fd 0 with no argument.
+        unsafe { libc::ioctl(0, libc::TIOCNOTTY) };
+        let _ = signals.drain();
+    }
+
+    let mut runtime_json = None;
+    if cfg.runtime.enabled {
+        let report = runtime_check::check_waiting(&cfg.supervisor.command, &cfg.runtime);
+        if !report.is_ok() {
+            eprint!("{}", report.missing_message(&cfg.runtime));
+            return 127;
+        }
+        runtime_json = Some(report.to_json());
+    }
+    let name = cfg.supervisor.command[0].clone();
+    let app_path = match which::resolve(&name, std::env::var_os("PATH").as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("microinit: {}", e.message(&name));
+            return e.exit_code();
+        }
+    };
+    let setup = event_loop::Setup {
+        mask,
+        signals,
+        is_pid1,
+        app_path,
+        runtime_check: runtime_json,
+    };
+    match event_loop::EventLoop::new(cfg, setup) {
+        Ok(l) => l.run(),
+        Err(e) => {
+            eprintln!("microinit: cannot start: {e}");
+            125
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Signal names, the init's signal mask, and the signalfd the main loop reads.
+//!
+//! Owns: parsing/naming signals, blocking every signal before any thread exists, and handing the original
+//! mask to children. Does not own: what a signal means to the app (`event_loop` decides forwarding).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+const NAMES: [&str; 31] = [
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+];
+
+pub fn rtmin() -> i32 {
+    libc::SIGRTMIN()
+}
+
+pub fn rtmax() -> i32 {
+    libc::SIGRTMAX()
+}
+
+/// "TERM", "SIGTERM", "term", "15", "RTMIN+3", "SIGRTMAX-1" → the number. The error says what is accepted.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let bad = || {
+        format!(
+            "unknown signal {s:?}: use a name like TERM or SIGHUP, a number 1-{}, or RTMIN+N",
+            rtmax()
+        )
+    };
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (1..=rtmax()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let up = t.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if let Some(i) = NAMES.iter().position(|n| *n == name) {
+        return Ok(i as i32 + 1);
+    }
+    // Aliases the kernel headers define for the same numbers.
+    match name {
+        "IOT" => return Ok(libc::SIGABRT),
+        "POLL" => return Ok(libc::SIGIO),
+        "CLD" => return Ok(libc::SIGCHLD),
+        _ => {}
+    }
+    let rt = |base: i32, rest: &str, sign: i32| -> Result<i32, String> {
+        let off = if rest.is_empty() {
+            0
+        } else {
+            rest.parse::<i32>().map_err(|_| bad())?
+        };
+        let n = base + sign * off;
+        if (rtmin()..=rtmax()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
+    };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return rt(rtmin(), rest.strip_prefix('+').unwrap_or(rest), 1);
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return rt(rtmax(), rest.strip_prefix('-').unwrap_or(rest), -1);
+    }
+    Err(bad())
+}
+
+/// "SIGTERM", "SIGRTMIN+3", or the number for anything unnamed.
+pub fn signal_name(sig: i32) -> String {
+    if (1..=31).contains(&sig) {
+        format!("SIG{}", NAMES[sig as usize - 1])
+    } else if (rtmin()..=rtmax()).contains(&sig) {
+        format!("SIGRTMIN+{}", sig - rtmin())
+    } else {
+        sig.to_string()
+    }
+}
+
+/// The signal mask microinit was started with; children get it back between fork and exec.
+#[derive(Clone, Copy)]
+pub struct OriginalMask(pub libc::sigset_t);
+
+/// Block every signal in this thread (and so in every thread spawned later, which inherit the mask).
+///
+/// Must run before any thread exists: a thread created earlier would keep an open mask and the kernel would
+/// deliver process-directed signals to it with their default action (e.g. SIGTERM killing PID 1's worker).
+pub fn block_all() -> nix::Result<OriginalMask> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    Ok(OriginalMask(*old.as_ref()))
+}
+
+/// The non-blocking signalfd over every signal.
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    pub fn open() -> nix::Result<Signals> {
+        let fd = SignalFd::with_flags(
+            &SigSet::all(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )?;
+        Ok(Signals { fd })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_fd().as_raw_fd()
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Every signal pending now, in arrival order; never blocks. Standard signals coalesce in the kernel
+    /// (one pending instance each); real-time signals queue, so each arrives here once per send.
+    pub fn drain(&mut self) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            out.push(Received {
+                signo: info.ssi_signo as i32,
+                sender_pid: info.ssi_pid as i32,
+                code: info.ssi_code,
+            });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub signo: i32,
+    pub sender_pid: i32,
+    /// si_code: SI_USER for kill(2), SI_KERNEL for terminal-generated signals, …
+    pub code: i32,
+}
+
+/// True for the signals that stop a process from a terminal (job control).
+pub fn is_tty_stop(sig: i32) -> bool {
+    matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}
+
+/// True for every signal microinit forwards: all catchable ones but SIGCHLD (which is ours: reaping).
+pub fn is_forwardable(sig: i32) -> bool {
+    sig != libc::SIGCHLD
+        && sig != libc::SIGKILL
+        && sig != libc::SIGSTOP
+        && (1..=rtmax()).contains(&sig)
+}
+
+/// `Signal` for the standard ones nix knows; used for kill(2) wrappers.
+pub fn to_nix(sig: i32) -> Option<Signal> {
+    Signal::try_from(sig).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_numbers_and_rt() {
+        assert_eq!(parse_signal("TERM"), Ok(15));
+        assert_eq!(parse_signal("sigterm"), Ok(15));
+        assert_eq!(parse_signal("9"), Ok(9));
+        assert_eq!(parse_signal("SIGRTMIN+2"), Ok(rtmin() + 2));
+        assert_eq!(parse_signal("RTMAX-1"), Ok(rtmax() - 1));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("RTMIN+999").is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in 1..=rtmax() {
+            assert_eq!(parse_signal(&signal_name(s)), Ok(s), "{}", signal_name(s));
+        }
+    }
+
+    #[test]
+    fn forwardable_set() {
+        assert!(is_forwardable(libc::SIGTERM));
+        assert!(is_forwardable(rtmin()));
+        assert!(!is_forwardable(libc::SIGCHLD));
+        assert!(!is_forwardable(libc::SIGKILL));
+    }
+}

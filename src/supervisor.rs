@@ -1,0 +1,229 @@
+//! Starting children with PID-1 hygiene, and signalling what we started.
+//!
+//! Owns: fork/exec (session or process group, terminal hand-over, parent-death signal, the original signal
+//! mask restored between fork and exec, exec errors reported back through a close-on-exec pipe), and the
+//! enumeration of what is left to signal on the way out. Does not own: waiting for children (`reaper`) or
+//! deciding when to spawn (`event_loop`).
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::config::Isolation;
+use crate::signals::OriginalMask;
+
+/// One child to start.
+pub struct SpawnSpec<'a> {
+    /// The resolved executable (see `which::resolve`).
+    pub path: &'a Path,
+    /// argv, argv[0] included.
+    pub argv: &'a [OsString],
+    pub isolation: Isolation,
+    /// Make the child's group the terminal's foreground group (stdin is a TTY and this is the app).
+    pub take_tty: bool,
+    pub pdeathsig: Option<i32>,
+    /// Both stdout and stderr go here (health command output); None keeps ours.
+    pub output: Option<RawFd>,
+    pub mask: OriginalMask,
+}
+
+/// Why a child could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// fork/pipe failed: microinit's own failure (exit 125).
+    Fork(Errno),
+    /// exec failed in the child: 127 for ENOENT, 126 otherwise (as shells do).
+    Exec { path: PathBuf, errno: Errno },
+    /// An argument held a NUL byte.
+    BadArgument,
+}
+
+impl SpawnError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::Fork(_) => 125,
+            SpawnError::Exec {
+                errno: Errno::ENOENT,
+                ..
+            } => 127,
+            SpawnError::Exec { .. } | SpawnError::BadArgument => 126,
+        }
+    }
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Fork(e) => write!(f, "cannot fork: {} (out of processes or memory?)", e.desc()),
+            SpawnError::Exec { path, errno: Errno::ENOENT } => write!(
+                f,
+                "cannot execute {}: no such file or directory (a missing ELF interpreter or #! interpreter also gives this; run `microinit check {}`)",
+                path.display(),
+                path.display()
+            ),
+            SpawnError::Exec { path, errno } => write!(f, "cannot execute {}: {}", path.display(), errno.desc()),
+            SpawnError::BadArgument => write!(f, "cannot execute: an argument contains a NUL byte"),
+        }
+    }
+}
+
+fn cstr(b: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(b).map_err(|_| SpawnError::BadArgument)
+}
+
+/// Fork and exec. Returns the child's pid once exec has succeeded (or the exec error).
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
+    // Everything the child needs is allocated before fork: after fork only async-signal-safe calls are
+    // allowed, since the Consul worker thread may hold the allocator's lock at the moment of fork.
+    let path = cstr(spec.path.as_os_str().as_bytes())?;
+    let args: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // execvp's fallback for a file without #! or ELF magic (ENOEXEC): run it with /bin/sh.
+    let sh = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), path.as_ptr()];
+    sh_argv.extend(args.iter().skip(1).map(|a| a.as_ptr()));
+    sh_argv.push(std::ptr::null());
+
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
+    let mask = spec.mask.0;
+    // SAFETY: the child branch only calls async-signal-safe functions on memory prepared above, then
+    // execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Fork(Errno::last()));
+    }
+    if pid == 0 {
+        unsafe {
+            child(
+                spec,
+                err_w.as_raw_fd(),
+                &mask,
+                path.as_ptr(),
+                &argv,
+                &sh_argv,
+            )
+        }
+    }
+    drop(err_w);
+    read_exec_result(err_r, pid, spec.path)
+}
+
+/// The child side of `spawn`; never returns.
+unsafe fn child(
+    spec: &SpawnSpec<'_>,
+    err_w: RawFd,
+    mask: &libc::sigset_t,
+    path: *const libc::c_char,
+    argv: &[*const libc::c_char],
+    sh_argv: &[*const libc::c_char],
+) -> ! {
+    match spec.isolation {
+        Isolation::Session => {
+            libc::setsid();
+            if spec.take_tty {
+                // Make the terminal ours: the new session has none. Fails harmlessly when another session
+                // still holds it (microinit was not its session leader).
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+        }
+        Isolation::ProcessGroup => {
+            libc::setpgid(0, 0);
+            if spec.take_tty {
+                // Every signal is still blocked here, so tcsetpgrp from what is for a moment a background
+                // group does not stop us with SIGTTOU.
+                libc::tcsetpgrp(0, libc::getpid());
+            }
+        }
+        Isolation::None => {}
+    }
+    if let Some(sig) = spec.pdeathsig {
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+    }
+    if let Some(fd) = spec.output {
+        libc::dup2(fd, 1);
+        libc::dup2(fd, 2);
+    }
+    // The app gets the mask microinit was started with, not our all-blocked one (which exec keeps).
+    libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    libc::execv(path, argv.as_ptr());
+    let mut errno = *libc::__errno_location();
+    if errno == libc::ENOEXEC {
+        libc::execv(sh_argv[0], sh_argv.as_ptr());
+        errno = *libc::__errno_location();
+    }
+    let bytes = errno.to_ne_bytes();
+    libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+    libc::_exit(if errno == libc::ENOENT { 127 } else { 126 });
+}
+
+/// The close-on-exec pipe reads EOF when exec succeeded, or the child's errno when it did not.
+fn read_exec_result(err_r: OwnedFd, pid: i32, path: &Path) -> Result<i32, SpawnError> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if got < buf.len() {
+        return Ok(pid);
+    }
+    // The child _exits right after writing; reap it here so it is not mistaken for an orphan later.
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    Err(SpawnError::Exec {
+        path: path.to_path_buf(),
+        errno: Errno::from_raw(i32::from_ne_bytes(buf)),
+    })
+}
+
+/// Send `sig` to `pid`; ESRCH (already gone) is not an error worth reporting.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r != 0 && Errno::last() != Errno::ESRCH {
+        log::warn!(
+            "kill({pid}, {}) failed: {}",
+            crate::signals::signal_name(sig),
+            Errno::last().desc()
+        );
+    }
+}
+
+/// Our direct children according to /proc (orphans reparented to us included).
+///
+/// Used only when we are a subreaper and not PID 1: kill(-1) would then reach the whole host.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // comm may hold spaces and parentheses: the fields start after the last ')'.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// True when fd 0 is a terminal.
+pub fn stdin_is_tty() -> bool {
+    nix::unistd::isatty(std::io::stdin().as_raw_fd()).unwrap_or(false)
+}
