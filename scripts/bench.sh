@@ -2,6 +2,7 @@
 # microinit side by side with tini, tini-static, dumb-init and catatonit (Debian's), in ONE run.
 #
 #   scripts/bench.sh [--quick] [--only LIST] [--skip LIST] [--out FILE] [--no-build] [--no-install]
+#   env MICROINIT_BIN: measure this binary instead of building one; CARGO_TARGET_DIR: where cargo builds.
 #
 # Sections (LIST is comma-separated): size startup rss idle signal orphans check consul
 #   size     binary size (and linkage)                 startup  wall time of `INIT -- true` vs bare `true`
@@ -77,7 +78,8 @@ helper="$work/benchhelper"
 cc -O2 -Wall -o "$helper" "$repo/scripts/bench/benchhelper.c" || die "cannot compile scripts/bench/benchhelper.c"
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-mi="$target_dir/x86_64-unknown-linux-musl/release/microinit"
+# MICROINIT_BIN (as for the tests) names a binary to measure instead of the one built here.
+mi=${MICROINIT_BIN:-$target_dir/x86_64-unknown-linux-musl/release/microinit}
 mi_why="not built"
 # build_mi TARGET_DIR [cargo args…]: the static release binary into TARGET_DIR, log in $work.
 build_mi() {
@@ -85,7 +87,7 @@ build_mi() {
     (cd "$repo" && cargo build --release --target x86_64-unknown-linux-musl --target-dir "$dir" "$@") \
         >"$work/cargo.log" 2>&1 || { tail -n 15 "$work/cargo.log" >&2; return 1; }
 }
-if [ "$build" -eq 1 ]; then
+if [ "$build" -eq 1 ] && [ -z "${MICROINIT_BIN:-}" ]; then
     note "building microinit (static, musl, release)"
     rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || note "rustup target add failed (offline?)"
     build_mi "$target_dir" || mi_why="build failed"
@@ -128,7 +130,7 @@ rotated() { # rotated ROUND NAME… -> the names, rotated
 }
 
 # ---------------------------------------------------------------- results and statistics
-declare -A val # val[row|init] = number
+declare -A val bare # val[row|init] = number; bare[mode] = baseline
 rows=()        # "id|label|unit|target" in display order
 row() { rows+=("$1|$2|$3|$4"); }
 problems=() # printed under the table: a measurement that failed part-way keeps the samples taken before
@@ -175,24 +177,32 @@ fi
 
 # ---------------------------------------------------------------- startup
 if want startup; then
-    note "startup: $start_runs runs of INIT -- true per init, interleaved run by run with bare true"
-    names=(bare) cmds=(true)
+    # Twice: as a child of this shell (a subreaper), and as PID 1 of a fresh namespace (docker's case), where the
+    # bare baseline is `unshare … true`. All commands interleave run by run.
+    note "startup: $start_runs runs of INIT -- true per init and mode, interleaved with bare true"
+    names=(h-bare p-bare) cmds=(true ::: "${ns[@]}" true)
     for i in "${inits[@]}"; do
         # shellcheck disable=SC2206 # prefixes are word lists by design (no path here has spaces)
-        [ -z "${ok_host[$i]:-}" ] || { names+=("$i"); cmds+=(::: ${host[$i]} true); }
+        [ -z "${ok_host[$i]:-}" ] || { names+=("h-$i"); cmds+=(::: ${host[$i]} true); }
+        # shellcheck disable=SC2206
+        [ -z "${ok_pid1[$i]:-}" ] || { names+=("p-$i"); cmds+=(::: "${ns[@]}" ${pid1[$i]} true); }
     done
     measure startup "$work/start.all" "$helper" run "$start_runs" "${cmds[@]}"
     split_samples "$work/start.all" "$work/start" "${names[@]}"
-    bare_med=$(pct "$work/start.bare" 50)
-    row start "\`INIT -- true\` wall, median" us "none"
-    row start99 "\`INIT -- true\` wall, p99" us "none"
-    row overhead "startup overhead over bare \`true\` ($(fmt us "$bare_med")), median" us "factor:1.1"
-    for i in "${inits[@]}"; do
-        [ -s "$work/start.$i" ] || continue
-        val[start|$i]=$(pct "$work/start.$i" 50)
-        val[start99|$i]=$(pct "$work/start.$i" 99)
-        val[overhead|$i]=$((val[start|$i] - bare_med))
+    for m in h p; do
+        bare[$m]=$(pct "$work/start.$m-bare" 50)
+        for i in "${inits[@]}"; do
+            [ -s "$work/start.$m-$i" ] || continue
+            val[${m}start|$i]=$(pct "$work/start.$m-$i" 50)
+            val[${m}start99|$i]=$(pct "$work/start.$m-$i" 99)
+            val[${m}over|$i]=$((val[${m}start|$i] - bare[$m]))
+        done
     done
+    row hstart "\`INIT -- true\` wall, median" us "none"
+    row hstart99 "\`INIT -- true\` wall, p99" us "none"
+    row hover "startup overhead over bare \`true\` ($(fmt us "${bare[h]}")), median" us "factor:1.1"
+    row pstart "as PID 1: \`unshare --pid --fork --mount-proc INIT -- true\` wall, median" us "none"
+    row pover "as PID 1: overhead over \`unshare … true\` ($(fmt us "${bare[p]}")), median" us "factor:1.1"
 fi
 
 # ---------------------------------------------------------------- rss + idle (one launch, all inits at once)
@@ -382,8 +392,9 @@ render() {
     echo "Machine: $(nproc) cores ($cpu), kernel $(uname -r); run: $([ "$quick" -eq 1 ] && echo "--quick" || echo default)."
     echo "Anchors from Debian: tini $(dpkg-query -W -f '${Version}' tini 2>/dev/null), dumb-init" \
         "$(dpkg-query -W -f '${Version}' dumb-init 2>/dev/null), catatonit $(dpkg-query -W -f '${Version}' catatonit 2>/dev/null)."
-    echo "Samples per init: startup $start_runs, signal $sig_runs, orphans $orphan_rounds × $orphans;" \
-        "startup and signal samples interleave the inits one by one, orphan rounds rotate their order. Lower is better everywhere."
+    echo "Samples per init: startup $start_runs per mode, signal $sig_runs, orphans $orphan_rounds × $orphans;" \
+        "startup and signal samples interleave the inits one by one, orphan rounds rotate their order." \
+        "Lower is better everywhere; ratios and verdicts compare microinit with the best anchor of each row."
     echo
     if [ ${#rows[@]} -gt 0 ]; then
         printf '| measure |'; printf ' %s |' "${inits[@]}"; echo " best anchor | microinit ÷ best | target |"
