@@ -392,9 +392,14 @@ render() {
     echo "Machine: $(nproc) cores ($cpu), kernel $(uname -r); run: $([ "$quick" -eq 1 ] && echo "--quick" || echo default)."
     echo "Anchors from Debian: tini $(dpkg-query -W -f '${Version}' tini 2>/dev/null), dumb-init" \
         "$(dpkg-query -W -f '${Version}' dumb-init 2>/dev/null), catatonit $(dpkg-query -W -f '${Version}' catatonit 2>/dev/null)."
-    echo "Samples per init: startup $start_runs per mode, signal $sig_runs, orphans $orphan_rounds × $orphans;" \
-        "startup and signal samples interleave the inits one by one, orphan rounds rotate their order." \
-        "Lower is better everywhere; ratios and verdicts compare microinit with the best anchor of each row."
+    local samples=""
+    if want startup; then samples+=" startup $start_runs per mode,"; fi
+    if want signal; then samples+=" signal $sig_runs,"; fi
+    if want orphans; then samples+=" orphans $orphan_rounds × $orphans,"; fi
+    if want consul; then samples+=" consul $consul_n,"; fi
+    [ -z "$samples" ] || echo "Samples per init:${samples%,}; samples of different inits interleave one by one" \
+        "(orphan rounds: init by init, rotating)."
+    echo "Lower is better everywhere; ratio and verdict compare microinit with the best anchor of each row."
     echo
     if [ ${#rows[@]} -gt 0 ]; then
         printf '| measure |'; printf ' %s |' "${inits[@]}"; echo " best anchor | microinit ÷ best | target |"
