@@ -46,7 +46,7 @@ want() { # want SECTION: selected by --only/--skip?
 if [ "$quick" -eq 1 ]; then
     start_runs=50 sig_runs=40 orphan_rounds=1 idle_secs=2 check_runs=50 consul_n=5
 else
-    start_runs=200 sig_runs=200 orphan_rounds=5 idle_secs=10 check_runs=200 consul_n=20
+    start_runs=200 sig_runs=400 orphan_rounds=5 idle_secs=10 check_runs=200 consul_n=20
 fi
 orphans=2000
 
