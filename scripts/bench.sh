@@ -304,9 +304,64 @@ fi
 # ---------------------------------------------------------------- extensions (microinit only)
 xrows=() # "label|value|target|verdict"
 xrow() { xrows+=("$1|$2|$3|$4"); }
+xnotes=() # explanations printed under the extension table
+xnote() { xnotes+=("$*"); }
 fmt_ms() { awk -v v="$1" 'BEGIN { printf "%.3f ms", v / 1e6 }'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v + 0 <= t + 0) ? "✔" : "✘" }'; }
 
+# make_microcontainer DIR: a root shaped like the seeds' images: /usr/bin/node and every library it needs are
+# symlinks into /opt/files, where this machine's files are bind-mounted (nothing copied; the mounts are made by
+# in_microcontainer, in a private mount namespace), plus a static /bin/true and /sbin/microinit.
+make_microcontainer() {
+    local d=$1 name path
+    mkdir -p "$d/opt/files" "$d/usr/bin" "$d/lib" "$d/lib64" "$d/bin" "$d/sbin"
+    cp "$mi" "$d/sbin/microinit"
+    cc -static -s -Os -o "$d/bin/true" -x c - <<<'int main(void) { return 0; }' || return 1
+    : >"$d/binds"
+    # `ldd` lines: "libx.so.N => /path (addr)" and the interpreter "/lib64/ld-linux-x86-64.so.2 (addr)".
+    while read -r name path; do
+        [ -e "$path" ] || return 1
+        case $name in
+            node) ln -s /opt/files/node "$d/usr/bin/node" ;;
+            ld-*) ln -s "/opt/files/$name" "$d/lib64/$name" ;;
+            *) ln -s "/opt/files/$name" "$d/lib/$name" ;;
+        esac
+        : >"$d/opt/files/$name"
+        echo "$(readlink -f "$path") $d/opt/files/$name" >>"$d/binds"
+    done < <(echo "node $node"; ldd "$node" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 } $1 ~ /^\/.*ld-/ { n = $1; sub(/.*\//, "", n); print n, $1 }')
+}
+# in_microcontainer DIR CMD…: CMD in a private mount namespace where DIR's bind mounts are in place.
+in_microcontainer() {
+    local d=$1; shift
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    unshare --mount --propagation private bash -c \
+        'while read -r src dst; do mount --bind "$src" "$dst" || exit 1; done <"$0/binds"; exec "$@"' "$d" "$@"
+}
+# check_rows WHERE OUTER… -- WRAP… -- MI TRUE: interleaved runs of `check node`, `check <static binary>`,
+# `-- true` and `--no-runtime-check -- true` (each prefixed with WRAP; the helper itself runs under OUTER), and the
+# rows derived from them. A target applies only to the microcontainer: on a full machine the scan of the standard
+# directories measures the machine.
+check_rows() {
+    local where=$1 outer=() wrap=() m_node m_static m_plain m_nocheck target=""
+    shift
+    while [ "$1" != -- ]; do outer+=("$1"); shift; done
+    shift
+    while [ "$1" != -- ]; do wrap+=("$1"); shift; done
+    local m=$2 t=$3
+    [ "$where" != microcontainer ] || target="< 1 ms"
+    measure "check ($where)" "$work/check.all" "${outer[@]}" "$helper" run "$check_runs" \
+        "${wrap[@]}" "$m" check "$node" ::: "${wrap[@]}" "$m" check "$m" ::: \
+        "${wrap[@]}" "$m" -- "$t" ::: "${wrap[@]}" "$m" --no-runtime-check -- "$t"
+    split_samples "$work/check.all" "$work/check" node static plain nocheck
+    m_node=$(pct "$work/check.node" 50) m_static=$(pct "$work/check.static" 50)
+    m_plain=$(pct "$work/check.plain" 50) m_nocheck=$(pct "$work/check.nocheck" 50)
+    [ -n "$m_nocheck" ] || { xrow "runtime check ($where)" "n/a (no samples)" "$target" ""; return; }
+    xrow "$where: \`microinit check $node\` wall, median" "$(fmt_ms "$m_node")" "" ""
+    xrow "$where: check of node + its libraries (minus \`check <static binary>\`, $(fmt_ms "$m_static"))" \
+        "$(fmt_ms $((m_node - m_static)))" "$target" "$([ -z "$target" ] || verdict $((m_node - m_static)) 1000000)"
+    xrow "$where: runtime check in \`microinit -- true\` ($(fmt_ms "$m_plain") − $(fmt_ms "$m_nocheck") with --no-runtime-check)" \
+        "$(fmt_ms $((m_plain - m_nocheck)))" "$target" "$([ -z "$target" ] || verdict $((m_plain - m_nocheck)) 1000000)"
+}
 if want check; then
     node=/usr/bin/node
     if [ -z "${ok_host[microinit]:-}" ]; then
@@ -315,28 +370,26 @@ if want check; then
         "$mi" check "$work/no-such-runtime" >/dev/null 2>&1; then
         # A placeholder check passes everything: it must also fail on a missing command to count as built.
         xrow "runtime check of $node" "n/a (not built: \`microinit check\` does not tell present from missing)" "< 1 ms" ""
+    elif ! "$mi" --no-runtime-check -- true >/dev/null 2>&1; then
+        xrow "runtime check of $node" "n/a (not built: --no-runtime-check refused)" "< 1 ms" ""
     else
-        note "check: $check_runs runs per command, interleaved"
-        names=(node static plain) cmds=("$mi" check "$node" ::: "$mi" check "$mi" ::: "$mi" -- true)
-        nocheck=1
-        "$mi" --no-runtime-check -- true >/dev/null 2>&1 || nocheck=0
-        [ "$nocheck" -eq 0 ] || { names+=(nocheck); cmds+=(::: "$mi" --no-runtime-check -- true); }
-        measure check "$work/check.all" "$helper" run "$check_runs" "${cmds[@]}"
-        split_samples "$work/check.all" "$work/check" "${names[@]}"
-        m_node=$(pct "$work/check.node" 50) m_static=$(pct "$work/check.static" 50) m_plain=$(pct "$work/check.plain" 50)
-        xrow "\`microinit check $node\` wall, median" "$(fmt_ms "$m_node")" "" ""
-        xrow "\`microinit check <static binary>\` wall, median (process + check floor)" "$(fmt_ms "$m_static")" "" ""
-        xrow "check of node and its libraries (difference of the two)" "$(fmt_ms $((m_node - m_static)))" "< 1 ms" \
-            "$(verdict $((m_node - m_static)) 1000000)"
-        xrow "\`microinit -- true\` wall, median" "$(fmt_ms "$m_plain")" "" ""
-        if [ "$nocheck" -eq 1 ]; then
-            m_nocheck=$(pct "$work/check.nocheck" 50)
-            xrow "\`microinit --no-runtime-check -- true\` wall, median" "$(fmt_ms "$m_nocheck")" "" ""
-            xrow "runtime check cost in \`microinit -- true\` (difference)" "$(fmt_ms $((m_plain - m_nocheck)))" "< 1 ms" \
-                "$(verdict $((m_plain - m_nocheck)) 1000000)"
+        mc="$work/microcontainer"
+        nlibs=$(ldd "$node" | grep -c '=> /')
+        if make_microcontainer "$mc" && in_microcontainer "$mc" chroot "$mc" /sbin/microinit check "$node" >/dev/null &&
+            in_microcontainer "$mc" chroot "$mc" /sbin/microinit -- /bin/true; then
+            note "check: microcontainer root, $check_runs runs per command, interleaved"
+            xnote "microcontainer: a chroot shaped like the seeds' images: /usr/bin/node and its $nlibs libraries (and" \
+                "ld.so) are symlinks into /opt/files; a static /bin/true. Targets apply here."
+            check_rows "microcontainer" \
+                in_microcontainer "$mc" -- chroot "$mc" -- /sbin/microinit /bin/true
         else
-            xrow "\`microinit --no-runtime-check -- true\`" "n/a (not built: flag refused)" "" ""
+            problem "check: the microcontainer root in $mc did not pass \`microinit check $node\`"
         fi
+        nlinks=$(find /bin/ /sbin/ /usr/bin/ /usr/sbin/ /lib/ /lib64/ /usr/lib/ /usr/local/bin/ -maxdepth 1 -type l 2>/dev/null | wc -l)
+        note "check: this machine's root, $check_runs runs per command, interleaved"
+        xnote "host root: this machine's / (the runtime-dir scan reads the standard directories: $nlinks symlinks there)" \
+            "— shows how the check scales with them; no target."
+        check_rows "host root" -- -- "$mi" true
     fi
 fi
 
@@ -461,6 +514,7 @@ render() {
             echo "| $label | $value | $target $verdict |"
         done
         echo
+        [ ${#xnotes[@]} -eq 0 ] || { printf -- '- %s\n' "${xnotes[@]}"; echo; }
     fi
     if [ ${#problems[@]} -gt 0 ]; then
         echo "Problems in this run:"
