@@ -426,14 +426,16 @@ if want consul; then
     if [ -n "${ok_host[microinit]:-}" ]; then
         xrow "binary size, default features" "$(stat -L -c %s "$mi") B" "" ""
         mi_https="$target_dir/bench-https/x86_64-unknown-linux-musl/release/microinit"
-        if [ "$build" -eq 1 ]; then
-            note "consul: building microinit --features https (own target dir, so neither build relinks the other)"
-            build_mi "$target_dir/bench-https" --features https || rm -f "$mi_https"
-        fi
-        if [ -x "$mi_https" ]; then
-            xrow "binary size, \`--features https\`" "$(stat -L -c %s "$mi_https") B" "" ""
+        # Only a pair built here from the same source compares; a binary left over from another run would not.
+        if [ "$build" -eq 0 ] || [ -n "${MICROINIT_BIN:-}" ]; then
+            xrow "binary size, \`--features https\`" "n/a (measured only when bench.sh builds)" "" ""
         else
-            xrow "binary size, \`--features https\`" "n/a (not built)" "" ""
+            note "consul: building microinit --features https (own target dir, so neither build relinks the other)"
+            if build_mi "$target_dir/bench-https" --features https; then
+                xrow "binary size, \`--features https\`" "$(stat -L -c %s "$mi_https") B" "" ""
+            else
+                xrow "binary size, \`--features https\`" "n/a (build failed)" "" ""
+            fi
         fi
     fi
 fi

@@ -307,7 +307,7 @@ static int body_is_empty(const char *addr, const char *path)
     return *body == ']';
 }
 
-/* Poll path every 0.5 ms until its body is (want_empty ? empty : non-empty); the stamp of that answer. */
+/* Poll path every 0.2 ms until its body is (want_empty ? empty : non-empty); the stamp of that answer. */
 static long long poll_until(const char *addr, const char *path, int want_empty)
 {
     long long deadline = now_ns() + 10000000000LL;
@@ -315,7 +315,7 @@ static long long poll_until(const char *addr, const char *path, int want_empty)
         int e = body_is_empty(addr, path);
         if (e >= 0 && e == want_empty)
             return now_ns();
-        nap_us(500);
+        nap_us(200);
     }
     die("consul never showed the expected state for %s within 10 s", path);
     return 0;
