@@ -409,17 +409,22 @@ if want consul; then
         else
             note "consul: $consul_n register/deregister cycles against $addr"
             # The drain pause would only add a configured sleep to "SIGTERM → app"; measure microinit's own cost.
-            if CONSUL_HTTP_ADDR=$addr MICROINIT_DRAIN=0 "$helper" consul "$consul_n" 1 "$addr" bench \
-                "${ns[@]}" "$mi" -- "$helper" sigapp >"$work/consul.out" 2>"$work/consul.err"; then
+            CONSUL_HTTP_ADDR=$addr MICROINIT_DRAIN=0 "$helper" consul "$consul_n" 1 "$addr" bench \
+                "${ns[@]}" "$mi" -- "$helper" sigapp >"$work/consul.out" 2>"$work/consul.err" || true
+            if [ ! -s "$work/consul.out" ]; then
+                # Not one cycle: registration is not in this build (or never reaches the agent).
+                why_c=$(tail -n1 "$work/consul.err")
+                [[ "$why_c" != *"never showed"* ]] || why_c="no passing registration within 10 s"
+                xrow "Consul: app ready → passing" "n/a (not built: $why_c)" "< 50 ms" ""
+            else
+                [ ! -s "$work/consul.err" ] || problem "consul: $(tail -n1 "$work/consul.err") (cycles before it kept)"
                 for k in 1 2 3 4; do awk -v k=$k '{ print $k }' "$work/consul.out" >"$work/consul.$k"; done
                 m=$(pct "$work/consul.1" 50) p=$(pct "$work/consul.1" 99)
                 xrow "Consul: app ready → passing, median / p99" "$(fmt_ms "$m") / $(fmt_ms "$p")" "< 50 ms" "$(verdict "$m" 50000000)"
-                xrow "Consul: SIGTERM → deregistered, median" "$(fmt_ms "$(pct "$work/consul.2" 50)")" "" ""
-                xrow "Consul: SIGTERM → app receives it (deregister first, drain 0), median" "$(fmt_ms "$(pct "$work/consul.3" 50)")" "" ""
+                xrow "Consul: SIGTERM → deregistered (as seen polling every 0.2 ms), median" "$(fmt_ms "$(pct "$work/consul.2" 50)")" "" ""
+                xrow "Consul: SIGTERM → app receives it (deregistration first, drain 0), median" "$(fmt_ms "$(pct "$work/consul.3" 50)")" "" ""
                 rss=$(pct "$work/consul.4" 50)
                 xrow "Consul: PID-1 RSS with registration on, median" "$rss KiB" "≤ 2048 KiB" "$(verdict "$rss" 2048)"
-            else
-                xrow "Consul: app ready → passing" "n/a (not built: $(tail -n1 "$work/consul.err"))" "< 50 ms" ""
             fi
         fi
     fi
