@@ -16,12 +16,15 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Isolation, RestartPolicy, SupervisorConfig};
+use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
+use crate::control::ControlServer;
 use crate::exit_status::ExitStatus;
 use crate::reaper;
 use crate::registration::{self, CheckStatus, Registration};
 use crate::signals::{self, signal_name, OriginalMask, Signals};
 use crate::supervisor::{self, SpawnSpec};
+
+mod control_handler;
 
 /// How long a deregistration may hold up a stop: the worker's own HTTP bound plus a margin.
 const DEREGISTER_BOUND: Duration = Duration::from_millis(2500);
@@ -110,6 +113,9 @@ pub struct EventLoop {
     health: Option<HealthSchedule>,
     drain: Duration,
     consul_required: bool,
+    /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
+    control: Option<ControlServer>,
+    dialect: &'static str,
 
     children: HashMap<i32, Owner>,
     app_pid: Option<i32>,
@@ -171,6 +177,17 @@ impl EventLoop {
             None => (Duration::ZERO, false, None),
         };
         let registration = cfg.consul.map(Registration::start).transpose()?;
+        // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
+        let control = cfg.control.and_then(|c| {
+            ControlServer::bind(&c)
+                .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
+                .ok()
+        });
+        let dialect = match cfg.dialect {
+            Dialect::Microinit => "microinit",
+            Dialect::Tini => "tini",
+            Dialect::DumbInit => "dumb-init",
+        };
         let take_tty = cfg.supervisor.isolation != Isolation::None && supervisor::stdin_is_tty();
         Ok(EventLoop {
             mask: setup.mask,
@@ -182,6 +199,8 @@ impl EventLoop {
             health,
             drain,
             consul_required,
+            control,
+            dialect,
             cfg: cfg.supervisor,
             children: HashMap::new(),
             app_pid: None,
@@ -268,6 +287,13 @@ impl EventLoop {
                 });
             }
         }
+        if let Some(c) = &self.control {
+            fds.extend(c.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
+                fd,
+                events: events.bits(),
+                revents: 0,
+            }));
+        }
         let timeout = match self.next_deadline() {
             None => -1,
             Some(t) => {
@@ -307,6 +333,11 @@ impl EventLoop {
                 }
             }
         }
+        // Taken out for the call: the server needs the loop itself as its handler.
+        if let Some(mut c) = self.control.take() {
+            c.on_ready(&ready, Instant::now(), self);
+            self.control = Some(c);
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -325,6 +356,7 @@ impl EventLoop {
         if let Some(h) = &self.health {
             all.push(h.next);
         }
+        all.push(self.control.as_ref().and_then(ControlServer::deadline));
         for owner in self.children.values() {
             match owner {
                 Owner::Health {
@@ -367,6 +399,9 @@ impl EventLoop {
             self.deregistering_until = None;
         }
         self.advance_pending_forward(now);
+        if let Some(c) = &mut self.control {
+            c.expire(now);
+        }
         if let Some((kill_at, _)) = self.sweep {
             if now >= kill_at && !self.sweep_started {
                 self.sweep_started = true;
@@ -416,6 +451,16 @@ impl EventLoop {
         if self.cfg.isolation == Isolation::None && s.code == libc::SI_KERNEL {
             return;
         }
+        self.deliver(sig);
+        if signals::is_tty_stop(sig) {
+            // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
+            // (As PID 1 the kernel ignores this, which is harmless.)
+            supervisor::kill(std::process::id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// A signal for the app, received or asked for (`microinit signal`): rewrite, then stop or forward.
+    fn deliver(&mut self, sig: i32) {
         let to = self
             .cfg
             .rewrites
@@ -431,11 +476,6 @@ impl EventLoop {
             self.request_stop(to);
         } else {
             self.forward(to);
-        }
-        if signals::is_tty_stop(sig) {
-            // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
-            // (As PID 1 the kernel ignores this, which is harmless.)
-            supervisor::kill(std::process::id() as i32, libc::SIGSTOP);
         }
     }
 

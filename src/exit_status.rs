@@ -2,8 +2,6 @@
 //!
 //! Owns: the n / 128+s convention and exit-code remapping. Does not own: reaping (`reaper`).
 
-use nix::sys::wait::WaitStatus;
-
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -12,11 +10,14 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    pub fn from_wait(ws: WaitStatus) -> Option<ExitStatus> {
-        match ws {
-            WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
-            WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::Signal(sig as i32)),
-            _ => None,
+    /// From a raw wait status; None for stop/continue reports.
+    pub fn from_raw(status: i32) -> Option<ExitStatus> {
+        if libc::WIFEXITED(status) {
+            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(ExitStatus::Signal(libc::WTERMSIG(status)))
+        } else {
+            None
         }
     }
 

@@ -4,6 +4,10 @@
 
 mod cli;
 mod config;
+mod consul;
+mod control;
+mod control_client;
+mod elf;
 mod event_loop;
 mod exit_status;
 mod reaper;
@@ -45,10 +49,7 @@ fn run() -> i32 {
             init_logging(0);
             runtime_check::check_main(json, &command, &runtime)
         }
-        Action::Client { .. } => {
-            eprintln!("microinit: the control client is not built yet");
-            125
-        }
+        Action::Client { request, socket } => control_client::client_main(request, &socket),
         Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
     }
 }

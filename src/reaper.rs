@@ -4,8 +4,6 @@
 //! exit means; the caller routes each pid to its owner (app, health command, hook, or a stray orphan).
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::exit_status::ExitStatus;
 
@@ -19,22 +17,29 @@ pub struct Drain {
 /// Reap every child that has exited, without blocking.
 ///
 /// SIGCHLDs coalesce (one pending instance however many children died), so one wakeup must drain all.
+/// libc's waitpid, not nix's: nix cannot represent a death by a real-time signal and reports EINVAL,
+/// which would leave that zombie (and the app's status) behind.
 pub fn drain() -> Drain {
     let mut exited = Vec::new();
     let no_children = loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => break false,
-            Ok(ws) => {
-                if let (Some(pid), Some(st)) = (ws.pid(), ExitStatus::from_wait(ws)) {
-                    exited.push((pid.as_raw(), st));
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            0 => break false,
+            p if p > 0 => {
+                if let Some(st) = ExitStatus::from_raw(status) {
+                    exited.push((p, st));
                 }
             }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => break true,
-            Err(e) => {
-                log::error!("waitpid failed: {e}");
-                break false;
-            }
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECHILD => break true,
+                e => {
+                    log::error!("waitpid failed: {e}");
+                    break false;
+                }
+            },
         }
     };
     Drain {

@@ -1,41 +1,1435 @@
-//! PLACEHOLDER until the consul branch lands: registration is never configured.
-use crate::config::{ConsulConfig, Options};
-use std::os::fd::BorrowedFd;
+//! The Consul registration lifecycle around the app, on ONE worker thread.
+//!
+//! Owns: parsing `ConsulConfig` from `Options`, the service definition (fields or `--service-file`, always
+//! with a TTL check carrying DeregisterCriticalServiceAfter), and the worker: register when the app starts,
+//! mark passing once ready (immediately, first passing health result, or a TCP port accepting), heartbeat at
+//! TTL/2 and on every health result, re-register at once when the agent forgot the service, capped exponential
+//! backoff with jitter while the agent is down, maintenance mode, and deregistration within
+//! [`DEREGISTER_BOUND`] of the request. Does not own: spawning or reaping the health command, signals, or
+//! the drain timer (the main loop does those and talks to the worker through [`Command`] / [`Event`] and the
+//! eventfd of [`Registration::wake_fd`]). The HTTP calls themselves are in `consul`.
 
-pub fn consul_config(_opts: &Options) -> Result<Option<ConsulConfig>, String> {
-    Ok(None)
-}
-pub struct Registration;
+use std::collections::VecDeque;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use serde_json::{json, Map, Value};
+
+use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
+pub use crate::consul::CheckStatus;
+use crate::consul::{Client, ErrorKind};
+
+/// A deregistration request is answered ([`Event::Deregistered`]) within this time after [`Registration::send`],
+/// even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
+/// call gets whatever remains. A host name in CONSUL_HTTP_ADDR is resolved by the system resolver on each
+/// call, which no HTTP timeout covers: use an IP address for a hard bound (the main loop's own deadline
+/// still bounds PID 1 either way).
+pub const DEREGISTER_BOUND: Duration = Duration::from_secs(2);
+/// Kept free inside the bound for the event to reach the main loop.
+const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
+/// First retry delay after a failure; doubles up to `backoff_cap()`.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// TCP readiness: connect timeout and the pause between attempts.
+const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the main loop tells the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// The app (or its restart) was spawned: register, and start the readiness condition.
     AppStarted { pid: i32 },
+    /// A health command finished: exit 0 passing, 1 warning, anything else critical; its output.
     Health { status: CheckStatus, output: String },
+    /// The app exited (maybe to be restarted): the check goes critical with this reason.
     AppDown { reason: String },
+    /// `microinit maintenance on|off`: answered with [`Event::MaintenanceResult`].
     Maintenance { on: bool, reason: Option<String> },
+    /// Deregister now (SIGTERM or app exit): answered with [`Event::Deregistered`] within [`DEREGISTER_BOUND`].
     Deregister,
+    /// Stop the worker thread (after `Deregister`, or when registration is no longer wanted).
     Shutdown,
 }
+
+/// What the worker tells the main loop (after making [`Registration::wake_fd`] readable).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The answer to `Deregister`, also when it failed or ran out of time (the error is logged).
     Deregistered,
+    /// `--consul-required` and registration failed: the main loop should shut the app down.
     Fatal(String),
     MaintenanceResult(Result<(), String>),
 }
-pub enum CheckStatus {
-    Passing,
-    Warning,
-    Critical,
+
+/// The handle the main loop keeps: command channel in, event channel + eventfd out, status snapshot.
+pub struct Registration {
+    commands: Sender<(Instant, Command)>,
+    events: Receiver<Event>,
+    wake: Arc<EventFd>,
+    status: Arc<Mutex<Value>>,
 }
+
 impl Registration {
-    pub fn start(_cfg: ConsulConfig) -> std::io::Result<Registration> {
-        Ok(Registration)
+    /// Spawn the worker thread. Call with all signals blocked (the thread inherits the mask).
+    pub fn start(cfg: ConsulConfig) -> std::io::Result<Registration> {
+        let client = Client::new(&cfg.addr, cfg.token.clone(), cfg.cacert.as_deref())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let (definition, id, name) = service_definition(&cfg);
+        let status = Arc::new(Mutex::new(Value::Null));
+        let worker = Worker {
+            check_id: format!("microinit:{id}"),
+            client,
+            definition,
+            id,
+            name,
+            commands: cmd_rx,
+            pending: VecDeque::new(),
+            events: ev_tx,
+            wake: Arc::clone(&wake),
+            status: Arc::clone(&status),
+            phase: Phase::WaitingForApp,
+            ready: false,
+            registered: false,
+            ever_registered: false,
+            check: (
+                CheckStatus::Critical,
+                "microinit: waiting for the app to start".into(),
+            ),
+            last_health: None,
+            maintenance: None,
+            heartbeat_due: None,
+            retry_due: None,
+            probe_due: None,
+            failures: 0,
+            last_error: None,
+            last_heartbeat: None,
+            rng: seed(),
+            cfg,
+        };
+        worker.publish();
+        std::thread::Builder::new()
+            .name("consul".into())
+            .spawn(move || worker.run())?;
+        Ok(Registration {
+            commands: cmd_tx,
+            events: ev_rx,
+            wake,
+            status,
+        })
     }
+
+    /// Readable when events are queued; the main loop polls it and then calls [`Registration::take_events`].
     pub fn wake_fd(&self) -> BorrowedFd<'_> {
-        unimplemented!()
+        self.wake.as_fd()
     }
-    pub fn send(&self, _cmd: Command) {}
+
+    /// Queue a command (never blocks). If the worker is gone, the command is dropped: a `Deregister` is then
+    /// still answered, so the main loop never waits for nothing.
+    pub fn send(&self, cmd: Command) {
+        if let Err(mpsc::SendError((_, cmd))) = self.commands.send((Instant::now(), cmd)) {
+            log::debug!("consul worker gone; dropped {cmd:?}");
+        }
+    }
+
+    /// Clear the eventfd and drain the queued events; never blocks.
     pub fn take_events(&self) -> Vec<Event> {
-        vec![]
+        // Read first, then drain: the worker queues before it writes, so nothing is lost in between.
+        let _ = self.wake.read();
+        self.events.try_iter().collect()
     }
-    pub fn status_json(&self) -> serde_json::Value {
-        serde_json::Value::Null
+
+    /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error.
+    pub fn status_json(&self) -> Value {
+        self.status
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the first `AppStarted`.
+    WaitingForApp,
+    /// The app has started: keep the registration alive.
+    Active,
+    /// `--consul-required` and a failure: Fatal sent, nothing more is attempted except deregistration.
+    Failed,
+    /// Deregistered on request: nothing more is attempted.
+    Deregistered,
+}
+
+struct Worker {
+    cfg: ConsulConfig,
+    client: Client,
+    /// The definition without the check status, which is filled in at each registration.
+    definition: Value,
+    id: String,
+    name: String,
+    check_id: String,
+    commands: Receiver<(Instant, Command)>,
+    /// Commands taken off the channel while a multi-call operation checked for a pending deregistration.
+    pending: VecDeque<(Instant, Command)>,
+    events: Sender<Event>,
+    wake: Arc<EventFd>,
+    status: Arc<Mutex<Value>>,
+    phase: Phase,
+    ready: bool,
+    registered: bool,
+    ever_registered: bool,
+    /// What the TTL check should show in Consul.
+    check: (CheckStatus, String),
+    last_health: Option<(CheckStatus, String)>,
+    /// Some(reason) while maintenance mode is wanted.
+    maintenance: Option<Option<String>>,
+    heartbeat_due: Option<Instant>,
+    retry_due: Option<Instant>,
+    probe_due: Option<Instant>,
+    failures: u32,
+    last_error: Option<String>,
+    /// (unix seconds, error if the heartbeat failed).
+    last_heartbeat: Option<(u64, Option<String>)>,
+    rng: u64,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let next = if let Some(c) = self.pending.pop_front() {
+                Ok(c)
+            } else {
+                match [self.heartbeat_due, self.retry_due, self.probe_due]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                {
+                    Some(due) => self
+                        .commands
+                        .recv_timeout(due.saturating_duration_since(Instant::now())),
+                    None => self
+                        .commands
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected),
+                }
+            };
+            match next {
+                Ok((_, Command::Shutdown)) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok((sent, cmd)) => self.handle(sent, cmd),
+                Err(RecvTimeoutError::Timeout) => self.tick(),
+            }
+            self.publish();
+        }
+        log::debug!("consul worker stopped");
+    }
+
+    fn handle(&mut self, sent: Instant, cmd: Command) {
+        match cmd {
+            Command::AppStarted { pid } => {
+                if !matches!(self.phase, Phase::WaitingForApp | Phase::Active) {
+                    return;
+                }
+                self.phase = Phase::Active;
+                self.ready = self.cfg.readiness == Readiness::Immediate;
+                self.check = if self.ready {
+                    self.last_health.clone().unwrap_or((
+                        CheckStatus::Passing,
+                        format!("microinit: app running (pid {pid})"),
+                    ))
+                } else {
+                    (
+                        CheckStatus::Critical,
+                        format!("microinit: app started (pid {pid}), not ready yet"),
+                    )
+                };
+                if let Readiness::Tcp(_) = self.cfg.readiness {
+                    self.probe_due = Some(Instant::now());
+                }
+                self.sync();
+            }
+            Command::Health { status, output } => {
+                self.last_health = Some((status, output.clone()));
+                if !self.ready
+                    && self.cfg.readiness == Readiness::HealthCmd
+                    && status == CheckStatus::Passing
+                {
+                    self.ready = true;
+                }
+                self.check = if self.ready {
+                    (status, output)
+                } else {
+                    (
+                        CheckStatus::Critical,
+                        format!("microinit: not ready yet; health: {output}"),
+                    )
+                };
+                if self.phase == Phase::Active {
+                    self.sync();
+                }
+            }
+            Command::AppDown { reason } => {
+                self.ready = false;
+                self.probe_due = None;
+                self.last_health = None;
+                self.check = (CheckStatus::Critical, reason);
+                if self.phase == Phase::Active {
+                    self.sync();
+                }
+            }
+            Command::Maintenance { on, reason } => {
+                self.maintenance = on.then_some(reason);
+                let result = if !self.registered {
+                    Err(format!(
+                        "service {:?} is not registered with Consul (yet){}; maintenance will be applied once it is",
+                        self.id,
+                        self.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    ))
+                } else {
+                    self.apply_maintenance().map_err(|e| e.message)
+                };
+                self.emit(Event::MaintenanceResult(result));
+            }
+            Command::Deregister => self.deregister(sent),
+            // Handled by run().
+            Command::Shutdown => {}
+        }
+    }
+
+    /// A timer fired: TCP readiness probe, retry after backoff, or heartbeat.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self.probe_due.is_some_and(|d| d <= now) {
+            self.probe_tcp();
+        }
+        if self.retry_due.is_some_and(|d| d <= now) || self.heartbeat_due.is_some_and(|d| d <= now)
+        {
+            self.sync();
+        }
+    }
+
+    fn probe_tcp(&mut self) {
+        let Readiness::Tcp(target) = &self.cfg.readiness else {
+            self.probe_due = None;
+            return;
+        };
+        let accepted = target
+            .to_socket_addrs()
+            .map(|addrs| {
+                addrs
+                    .into_iter()
+                    .any(|a| TcpStream::connect_timeout(&a, TCP_PROBE_TIMEOUT).is_ok())
+            })
+            .unwrap_or(false);
+        if !accepted {
+            self.probe_due = Some(Instant::now() + TCP_PROBE_INTERVAL);
+            return;
+        }
+        self.probe_due = None;
+        self.ready = true;
+        self.check = self.last_health.clone().unwrap_or((
+            CheckStatus::Passing,
+            format!("microinit: {target} accepts connections"),
+        ));
+        self.sync();
+    }
+
+    /// Bring Consul in line with `self.check`: register when not registered, else update the TTL check.
+    fn sync(&mut self) {
+        if self.phase != Phase::Active {
+            return;
+        }
+        self.retry_due = None;
+        if !self.registered {
+            self.register();
+            return;
+        }
+        let (status, output) = self.check.clone();
+        match self
+            .client
+            .update_check(&self.check_id, &self.name, status, &output)
+        {
+            Ok(()) => {
+                self.last_heartbeat = Some((unix_now(), None));
+                self.heartbeat_due = Some(Instant::now() + self.cfg.check_ttl / 2);
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                // The agent restarted (it forgets API-registered services in dev mode and without a
+                // data dir) or someone removed our check: re-register at once with the full definition.
+                let why = match self.client.service_known(&self.id, &self.name) {
+                    Ok(false) => "the agent forgot the service (restarted?)",
+                    Ok(true) => "the agent lost the TTL check",
+                    Err(_) => "the TTL check is unknown to the agent",
+                };
+                log::warn!("consul: {why}; re-registering {:?}", self.id);
+                self.last_heartbeat = Some((unix_now(), Some(e.message)));
+                self.registered = false;
+                // Two calls are behind us: a waiting deregistration goes first (its bound counts).
+                if !self.stop_requested() {
+                    self.register();
+                }
+            }
+            Err(e) => {
+                self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
+                self.registered = false;
+                self.failed(e);
+            }
+        }
+    }
+
+    fn register(&mut self) {
+        let mut def = self.definition.clone();
+        if let Some(check) = def
+            .get_mut("Checks")
+            .and_then(Value::as_array_mut)
+            .and_then(|c| c.last_mut())
+        {
+            check["Status"] = json!(self.check.0.as_str());
+        }
+        if let Err(e) = self.client.register(&def, &self.name) {
+            self.failed(e);
+            return;
+        }
+        if !self.ever_registered || self.last_error.is_some() {
+            log::info!(
+                "consul: registered service {:?} with {}",
+                self.id,
+                self.client.base_url()
+            );
+        }
+        self.registered = true;
+        self.ever_registered = true;
+        self.failures = 0;
+        self.last_error = None;
+        self.heartbeat_due = Some(Instant::now() + self.cfg.check_ttl / 2);
+        // The registration carried the status; the output (and a maintenance mode dropped by
+        // replace-existing-checks) follow, unless a deregistration is already waiting.
+        if self.stop_requested() {
+            return;
+        }
+        if self.maintenance.is_some() {
+            if let Err(e) = self.apply_maintenance() {
+                log::warn!("{e}");
+            }
+            if self.stop_requested() {
+                return;
+            }
+        }
+        let (status, output) = self.check.clone();
+        match self
+            .client
+            .update_check(&self.check_id, &self.name, status, &output)
+        {
+            Ok(()) => self.last_heartbeat = Some((unix_now(), None)),
+            Err(e) => {
+                self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
+                self.registered = false;
+                self.failed(e);
+            }
+        }
+    }
+
+    fn apply_maintenance(&mut self) -> Result<(), crate::consul::Error> {
+        let (on, reason) = match &self.maintenance {
+            Some(r) => (true, r.as_deref()),
+            None => (false, None),
+        };
+        self.client.maintenance(&self.id, &self.name, on, reason)
+    }
+
+    /// A call failed: record, log once per distinct message, maybe Fatal, schedule a retry with backoff.
+    fn failed(&mut self, e: crate::consul::Error) {
+        if self.last_error.as_deref() != Some(e.message.as_str()) {
+            match e.kind {
+                ErrorKind::Denied => log::error!("{e}"),
+                _ => log::warn!("{e}; retrying"),
+            }
+        }
+        self.last_error = Some(e.message.clone());
+        // --consul-required: the first registration must succeed and an ACL denial is never tolerated;
+        // an agent that restarts later is the resilience case and is retried.
+        if self.cfg.required && (!self.ever_registered || e.kind == ErrorKind::Denied) {
+            self.phase = Phase::Failed;
+            self.heartbeat_due = None;
+            self.probe_due = None;
+            self.emit(Event::Fatal(e.message));
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << self.failures.saturating_sub(1).min(16));
+        let delay = exp.min(self.backoff_cap());
+        // Jitter in [50%, 100%] of the delay so many containers do not hammer a recovering agent in step.
+        let jitter = 0.5 + (self.next_random() % 1000) as f64 / 2000.0;
+        self.heartbeat_due = None;
+        self.retry_due = Some(Instant::now() + delay.mul_f64(jitter));
+    }
+
+    /// Retries never wait longer than half a TTL, so a returning agent sees us again within one TTL.
+    fn backoff_cap(&self) -> Duration {
+        (self.cfg.check_ttl / 2).clamp(BACKOFF_BASE, Duration::from_secs(10))
+    }
+
+    fn deregister(&mut self, sent: Instant) {
+        if self.phase == Phase::Deregistered {
+            // SIGTERM deregistered already; the app's exit asks again.
+            self.emit(Event::Deregistered);
+            return;
+        }
+        let deadline = sent + DEREGISTER_BOUND - DEREGISTER_MARGIN;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let was_started = self.phase != Phase::WaitingForApp;
+        self.phase = Phase::Deregistered;
+        self.registered = false;
+        self.heartbeat_due = None;
+        self.retry_due = None;
+        self.probe_due = None;
+        if !was_started {
+            // Nothing was ever sent to the agent, so there is nothing to remove.
+        } else if remaining.is_zero() {
+            log::warn!(
+                "consul: no time left to deregister {:?}; Consul will reap it after the TTL",
+                self.id
+            );
+        } else {
+            match self.client.deregister(&self.id, &self.name, remaining) {
+                Ok(()) => log::info!("consul: deregistered service {:?}", self.id),
+                Err(e) => {
+                    log::warn!(
+                        "{e}; Consul will reap the service after its TTL check stays critical"
+                    );
+                    self.last_error = Some(e.message);
+                }
+            }
+        }
+        self.emit(Event::Deregistered);
+    }
+
+    /// Take queued commands off the channel; true if one of them ends our work (checked between calls).
+    fn stop_requested(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(c) => self.pending.push_back(c),
+                Err(TryRecvError::Empty) => break,
+                // run() sees the disconnection on its next receive and stops.
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        self.pending
+            .iter()
+            .any(|(_, c)| matches!(c, Command::Deregister | Command::Shutdown))
+    }
+
+    fn emit(&self, ev: Event) {
+        // Status first, so whoever reacts to the event sees the state that caused it.
+        self.publish();
+        if self.events.send(ev).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    fn publish(&self) {
+        let state = match self.phase {
+            Phase::WaitingForApp => "waiting for app",
+            Phase::Active if self.registered => "registered",
+            Phase::Active if self.ever_registered => "re-registering",
+            Phase::Active => "registering",
+            Phase::Failed => "failed",
+            Phase::Deregistered => "deregistered",
+        };
+        let v = json!({
+            "agent": self.client.base_url(),
+            "service_id": self.id,
+            "service_name": self.name,
+            "check_id": self.check_id,
+            "service_file": match &self.cfg.service {
+                ServiceSource::File { path, .. } => Some(path.display().to_string()),
+                ServiceSource::Fields { .. } => None,
+            },
+            "state": state,
+            "ready": self.ready,
+            "check": { "status": self.check.0.as_str(), "output": self.check.1 },
+            "last_heartbeat": self.last_heartbeat.as_ref().map(|(t, err)| json!({
+                "unix": t, "ok": err.is_none(), "error": err,
+            })),
+            "maintenance": self.maintenance.is_some(),
+            "maintenance_reason": self.maintenance.clone().flatten(),
+            "last_error": self.last_error,
+        });
+        match self.status.lock() {
+            Ok(mut s) => *s = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: jitter only, no security needed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Consul parses Go durations; milliseconds keep sub-second values exact.
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// The registration body (agent API format) with our TTL check last in `Checks`, plus the service ID and name.
+fn service_definition(cfg: &ConsulConfig) -> (Value, String, String) {
+    let (mut def, mut checks, id, name) = match &cfg.service {
+        ServiceSource::Fields {
+            name,
+            id,
+            port,
+            address,
+            tags,
+            meta,
+        } => {
+            let mut def = json!({ "ID": id, "Name": name, "Tags": tags });
+            let meta: Map<String, Value> =
+                meta.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            def["Meta"] = Value::Object(meta);
+            if let Some(p) = port {
+                def["Port"] = json!(p);
+            }
+            if let Some(a) = address {
+                def["Address"] = json!(a);
+            }
+            (def, Vec::new(), id.clone(), name.clone())
+        }
+        ServiceSource::File { definition, .. } => split_file_definition(definition),
+    };
+    checks.push(json!({
+        "CheckID": format!("microinit:{id}"),
+        "Name": "microinit: app health (TTL)",
+        "TTL": go_duration(cfg.check_ttl),
+        "DeregisterCriticalServiceAfter": go_duration(cfg.deregister_after),
+        "Status": "critical",
+    }));
+    def["Checks"] = Value::Array(checks);
+    (def, id, name)
+}
+
+/// Key lookup as Consul does it: case-insensitive.
+fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// A validated `--service-file` definition, split into (service without checks, its own checks, id, name).
+/// `parse_service_file` has checked the shape, so this cannot fail.
+fn split_file_definition(definition: &Value) -> (Value, Vec<Value>, String, String) {
+    let mut obj = definition.as_object().cloned().unwrap_or_default();
+    let name = get_ci(&obj, "name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let id = get_ci(&obj, "id")
+        .and_then(Value::as_str)
+        .unwrap_or(&name)
+        .to_string();
+    let mut checks = Vec::new();
+    obj.retain(|k, v| {
+        if k.eq_ignore_ascii_case("checks") {
+            checks.extend(v.as_array().cloned().unwrap_or_default());
+            false
+        } else if k.eq_ignore_ascii_case("check") {
+            checks.push(v.take());
+            false
+        } else {
+            !k.eq_ignore_ascii_case("id")
+        }
+    });
+    obj.insert("ID".into(), json!(id));
+    (Value::Object(obj), checks, id, name)
+}
+
+/// Read a service definition in Consul's JSON format: `{"service": {...}}` (config-file style) or the bare
+/// service object (API style); keys in any case, as Consul accepts them.
+fn parse_service_file(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--service-file {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--service-file {}: not valid JSON: {e}", path.display()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("--service-file {}: expected a JSON object", path.display()))?;
+    let service = match get_ci(obj, "service") {
+        Some(s) if obj.len() == 1 => s.clone(),
+        _ => v.clone(),
+    };
+    let sobj = service.as_object().ok_or_else(|| {
+        format!(
+            "--service-file {}: \"service\" must be a JSON object",
+            path.display()
+        )
+    })?;
+    match get_ci(sobj, "name").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() => {}
+        _ => {
+            return Err(format!(
+                "--service-file {}: the service has no \"name\"",
+                path.display()
+            ))
+        }
+    }
+    if let Some(id) = get_ci(sobj, "id") {
+        if !id.is_string() {
+            return Err(format!(
+                "--service-file {}: \"id\" must be a string",
+                path.display()
+            ));
+        }
+    }
+    if get_ci(sobj, "checks").is_some_and(|c| !c.is_array()) {
+        return Err(format!(
+            "--service-file {}: \"checks\" must be an array",
+            path.display()
+        ));
+    }
+    Ok(service)
+}
+
+/// `CONSUL_HTTP_ADDR`: `host:port`, `http://host:port` or `https://host:port` (Consul's own convention).
+fn parse_addr(s: &str) -> Result<ConsulAddr, String> {
+    let bad = |why: &str| {
+        format!("CONSUL_HTTP_ADDR={s}: {why}; use host:port, http://host:port or https://host:port")
+    };
+    let (scheme, rest) = match s.split_once("://") {
+        Some(("http", r)) => ("http", r),
+        Some(("https", r)) => ("https", r),
+        Some((other, _)) => return Err(bad(&format!("unsupported scheme {other:?}"))),
+        None => ("http", s),
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(bad("a path is not supported"));
+    }
+    let default_port = if scheme == "https" { 8501 } else { 8500 };
+    // IPv6 literals keep their brackets: they are pasted into the URL as is.
+    let (host, port) = if let Some(end) = hostport.strip_prefix('[').and_then(|r| r.find(']')) {
+        let host = &hostport[..end + 2];
+        match &hostport[end + 2..] {
+            "" => (host, None),
+            p => (
+                host,
+                Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+            ),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("bad port"))?,
+    };
+    Ok(ConsulAddr {
+        scheme: scheme.into(),
+        host: host.into(),
+        port,
+    })
+}
+
+/// The container's first non-loopback IPv4 address (what other hosts reach it by), if any.
+fn first_ipv4() -> Option<String> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        let ip = ifa.address?.as_sockaddr_in()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+    })
+}
+
+fn nonzero(opts: &Options, key: &str, default: Duration) -> Result<Duration, String> {
+    let d = opts.duration(key, default)?;
+    if d.is_zero() {
+        return Err(format!("{key}: must be more than 0"));
+    }
+    Ok(d)
+}
+
+/// Every value of a comma-list option (repeated flags and commas both separate), trimmed, empty ones dropped.
+fn comma_list(opts: &Options, key: &str) -> Vec<String> {
+    opts.all(key)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parse the Consul section of the configuration. `None` when neither a service name nor a service file is set.
+pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
+    let name = opts.get("MICROINIT_SERVICE_NAME");
+    let file = opts.get("MICROINIT_SERVICE_FILE").map(PathBuf::from);
+    let service = match (name, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(
+                "MICROINIT_SERVICE_NAME and MICROINIT_SERVICE_FILE are exclusive: \
+                        put the name into the service file"
+                    .into(),
+            )
+        }
+        (None, Some(path)) => ServiceSource::File {
+            definition: parse_service_file(&path)?,
+            path,
+        },
+        (Some(name), None) => {
+            let id = match opts.get("MICROINIT_SERVICE_ID") {
+                Some(id) => id.to_string(),
+                None => {
+                    let host = nix::unistd::gethostname().map_err(|e| {
+                        format!("MICROINIT_SERVICE_ID unset and gethostname failed: {e}")
+                    })?;
+                    format!("{name}-{}", host.to_string_lossy())
+                }
+            };
+            let port = match opts.get("MICROINIT_SERVICE_PORT") {
+                None => None,
+                Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                    format!("MICROINIT_SERVICE_PORT={p}: not a port number (0-65535)")
+                })?),
+            };
+            let address = opts
+                .get("MICROINIT_SERVICE_ADDRESS")
+                .map(String::from)
+                .or_else(first_ipv4);
+            let meta = comma_list(opts, "MICROINIT_SERVICE_META")
+                .into_iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        Ok((k.trim().to_string(), v.trim().to_string()))
+                    }
+                    _ => Err(format!("MICROINIT_SERVICE_META: {kv:?} is not key=value")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            ServiceSource::Fields {
+                name: name.to_string(),
+                id,
+                port,
+                address,
+                tags: comma_list(opts, "MICROINIT_SERVICE_TAGS"),
+                meta,
+            }
+        }
+    };
+    let health_cmd = opts.get("MICROINIT_HEALTH_CMD").map(String::from);
+    let readiness = match opts.get("MICROINIT_READY") {
+        None if health_cmd.is_some() => Readiness::HealthCmd,
+        None | Some("immediate") => Readiness::Immediate,
+        Some("health") if health_cmd.is_some() => Readiness::HealthCmd,
+        Some("health") => {
+            return Err("MICROINIT_READY=health needs MICROINIT_HEALTH_CMD (--health-cmd)".into())
+        }
+        Some(t) if t.starts_with("tcp:") => {
+            let target = &t[4..];
+            let target = if target.parse::<u16>().is_ok() {
+                format!("127.0.0.1:{target}")
+            } else {
+                target.into()
+            };
+            match target.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Readiness::Tcp(target),
+                _ => {
+                    return Err(format!(
+                        "MICROINIT_READY={t}: use tcp:PORT or tcp:HOST:PORT"
+                    ))
+                }
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "MICROINIT_READY={other}: use immediate, health, tcp:PORT or tcp:HOST:PORT"
+            ))
+        }
+    };
+    let addr = parse_addr(opts.get("CONSUL_HTTP_ADDR").unwrap_or("127.0.0.1:8500"))?;
+    let cacert = opts.get("CONSUL_CACERT").map(PathBuf::from);
+    // Build a client once here so https without the feature, or a bad CA file, stops microinit before the app.
+    Client::new(&addr, None, cacert.as_deref())?;
+    // Consul's own precedence: a token file wins over CONSUL_HTTP_TOKEN.
+    let token = match opts.get("CONSUL_HTTP_TOKEN_FILE") {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("CONSUL_HTTP_TOKEN_FILE {path}: {e}"))?;
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(format!("CONSUL_HTTP_TOKEN_FILE {path}: the file is empty"));
+            }
+            Some(Secret::new(t.to_string()))
+        }
+        None => opts
+            .get("CONSUL_HTTP_TOKEN")
+            .map(|t| Secret::new(t.trim().to_string())),
+    };
+    Ok(Some(ConsulConfig {
+        addr,
+        token,
+        cacert,
+        service,
+        check_ttl: nonzero(opts, "MICROINIT_CHECK_TTL", Duration::from_secs(10))?,
+        deregister_after: nonzero(opts, "MICROINIT_DEREGISTER_AFTER", Duration::from_secs(60))?,
+        health_cmd,
+        health_interval: nonzero(opts, "MICROINIT_HEALTH_INTERVAL", Duration::from_secs(5))?,
+        health_timeout: nonzero(opts, "MICROINIT_HEALTH_TIMEOUT", Duration::from_secs(3))?,
+        readiness,
+        drain: opts.duration("MICROINIT_DRAIN", Duration::ZERO)?,
+        required: opts.flag("MICROINIT_CONSUL_REQUIRED"),
+    }))
+}
+
+#[cfg(test)]
+#[path = "../tests/common/consul.rs"]
+mod dev_agent;
+
+#[cfg(test)]
+mod tests {
+    use super::dev_agent::{free_port, wait_until, DevAgent};
+    use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    const SOON: Duration = Duration::from_secs(10);
+
+    pub(super) fn options(pairs: &[(&str, &str)]) -> Options {
+        let mut o = Options::default();
+        for (k, v) in pairs {
+            o.set(k, vec![v.to_string()]);
+        }
+        o
+    }
+
+    fn config(addr: &str, pairs: &[(&str, &str)]) -> ConsulConfig {
+        let mut o = options(pairs);
+        o.set("CONSUL_HTTP_ADDR", vec![addr.to_string()]);
+        consul_config(&o)
+            .expect("valid config")
+            .expect("registration on")
+    }
+
+    /// Wait (polling the eventfd, as the main loop does) until an event matching `want` arrives.
+    pub(super) fn wait_event(
+        reg: &Registration,
+        timeout: Duration,
+        want: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = reg.take_events().into_iter().find(|e| want(e)) {
+                return e;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no matching event within {timeout:?}; status {}",
+                reg.status_json()
+            );
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(reg.wake_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+        }
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        assert!(consul_config(&options(&[])).expect("ok").is_none());
+        let c = consul_config(&options(&[("MICROINIT_SERVICE_NAME", "web")]))
+            .expect("ok")
+            .expect("on");
+        assert_eq!(
+            c.addr,
+            ConsulAddr {
+                scheme: "http".into(),
+                host: "127.0.0.1".into(),
+                port: 8500
+            }
+        );
+        assert_eq!(
+            (c.check_ttl, c.deregister_after),
+            (Duration::from_secs(10), Duration::from_secs(60))
+        );
+        assert_eq!(c.readiness, Readiness::Immediate);
+        let ServiceSource::Fields { id, address, .. } = &c.service else {
+            panic!("fields expected")
+        };
+        let host = nix::unistd::gethostname().expect("hostname");
+        assert_eq!(id, &format!("web-{}", host.to_string_lossy()));
+        // The default address is the first non-loopback IPv4 (none on a loopback-only host).
+        if let Some(a) = address {
+            let ip: std::net::Ipv4Addr = a.parse().expect("an IPv4 address");
+            assert!(!ip.is_loopback(), "{ip}");
+        }
+
+        let https = parse_addr("https://[::1]").expect("https addr");
+        assert_eq!(https.base_url(), "https://[::1]:8501");
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "w"),
+            ("MICROINIT_HEALTH_CMD", "true"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec!["https://127.0.0.1".into()]);
+        match consul_config(&o) {
+            Ok(Some(c)) if cfg!(feature = "https") => assert_eq!(c.readiness, Readiness::HealthCmd),
+            Err(e) if !cfg!(feature = "https") => {
+                assert!(e.contains("without HTTPS support"), "{e}")
+            }
+            other => panic!("https with feature={}: {other:?}", cfg!(feature = "https")),
+        }
+        let c = config(
+            "http://h:1/",
+            &[
+                ("MICROINIT_SERVICE_NAME", "w"),
+                ("MICROINIT_READY", "tcp:80"),
+            ],
+        );
+        assert_eq!(
+            (c.addr.base_url(), c.readiness),
+            ("http://h:1".into(), Readiness::Tcp("127.0.0.1:80".into()))
+        );
+
+        for (k, v, needle) in [
+            ("CONSUL_HTTP_ADDR", "unix:///x", "unsupported scheme"),
+            ("CONSUL_HTTP_ADDR", "h:99999", "bad port"),
+            ("MICROINIT_SERVICE_PORT", "http", "MICROINIT_SERVICE_PORT"),
+            ("MICROINIT_SERVICE_META", "novalue", "key=value"),
+            ("MICROINIT_READY", "health", "MICROINIT_HEALTH_CMD"),
+            ("MICROINIT_READY", "tcp:", "tcp:PORT"),
+            ("MICROINIT_CHECK_TTL", "0s", "more than 0"),
+            (
+                "CONSUL_HTTP_TOKEN_FILE",
+                "/nonexistent/token",
+                "/nonexistent/token",
+            ),
+            (
+                "MICROINIT_SERVICE_FILE",
+                "/nonexistent/svc.json",
+                "exclusive",
+            ),
+        ] {
+            let e =
+                consul_config(&options(&[("MICROINIT_SERVICE_NAME", "w"), (k, v)])).expect_err(k);
+            assert!(e.contains(needle), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn fields_exact_health_states_maintenance_and_deregister() {
+        let agent = DevAgent::start();
+        let cfg = config(
+            &agent.addr(),
+            &[
+                ("MICROINIT_SERVICE_NAME", "web"),
+                ("MICROINIT_SERVICE_ID", "web-1"),
+                ("MICROINIT_SERVICE_PORT", "8080"),
+                ("MICROINIT_SERVICE_ADDRESS", "10.1.2.3"),
+                ("MICROINIT_SERVICE_TAGS", "blue, v2,,canary"),
+                ("MICROINIT_SERVICE_META", "team=core, version=1.2=3"),
+                ("MICROINIT_HEALTH_CMD", "true"),
+            ],
+        );
+        let reg = Registration::start(cfg).expect("start");
+        reg.send(Command::AppStarted { pid: 42 });
+        wait_until("web-1 registered", SOON, || {
+            agent.service("web-1", None).is_some()
+        });
+        let s = agent.service("web-1", None).expect("service");
+        assert_eq!(s["Service"], "web");
+        assert_eq!(s["Port"], 8080);
+        assert_eq!(s["Address"], "10.1.2.3");
+        assert_eq!(s["Tags"], json!(["blue", "v2", "canary"]));
+        assert_eq!(s["Meta"], json!({"team": "core", "version": "1.2=3"}));
+        // Readiness is the health command: critical until it first passes.
+        assert_eq!(
+            agent.check_status("microinit:web-1", None).as_deref(),
+            Some("critical")
+        );
+        assert_eq!(agent.passing_instances("web"), 0);
+
+        for (status, word) in [
+            (CheckStatus::Passing, "passing"),
+            (CheckStatus::Warning, "warning"),
+            (CheckStatus::Critical, "critical"),
+        ] {
+            reg.send(Command::Health {
+                status,
+                output: format!("health says {word}"),
+            });
+            wait_until(word, SOON, || {
+                let c = &agent.checks(None)["microinit:web-1"];
+                c["Status"] == word && c["Output"] == format!("health says {word}")
+            });
+        }
+        reg.send(Command::Health {
+            status: CheckStatus::Passing,
+            output: "ok".into(),
+        });
+        wait_until("passing in the catalog", SOON, || {
+            agent.passing_instances("web") == 1
+        });
+
+        reg.send(Command::Maintenance {
+            on: true,
+            reason: Some("upgrade now".into()),
+        });
+        let ev = wait_event(&reg, SOON, |e| matches!(e, Event::MaintenanceResult(_)));
+        assert_eq!(ev, Event::MaintenanceResult(Ok(())));
+        let maint = agent.checks(None)["_service_maintenance:web-1"].clone();
+        assert_eq!(
+            (maint["Status"].as_str(), maint["Notes"].as_str()),
+            (Some("critical"), Some("upgrade now"))
+        );
+        assert_eq!(reg.status_json()["maintenance"], true);
+        reg.send(Command::Maintenance {
+            on: false,
+            reason: None,
+        });
+        let ev = wait_event(&reg, SOON, |e| matches!(e, Event::MaintenanceResult(_)));
+        assert_eq!(ev, Event::MaintenanceResult(Ok(())));
+        assert!(agent
+            .checks(None)
+            .get("_service_maintenance:web-1")
+            .is_none());
+
+        reg.send(Command::AppDown {
+            reason: "app exited with status 3".into(),
+        });
+        wait_until("critical after AppDown", SOON, || {
+            agent.checks(None)["microinit:web-1"]["Output"] == "app exited with status 3"
+        });
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(
+            agent.service("web-1", None).is_none(),
+            "still registered after Deregistered"
+        );
+        let st = reg.status_json();
+        assert_eq!(st["state"], "deregistered");
+        assert_eq!(st["service_id"], "web-1");
+        assert_eq!(st["last_heartbeat"]["ok"], true);
+        reg.send(Command::Shutdown);
+    }
+
+    #[test]
+    fn service_file_and_tcp_readiness() {
+        let agent = DevAgent::start();
+        let dir = std::env::temp_dir().join(format!("microinit-svcfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("svc.json");
+        std::fs::write(
+            &file,
+            r#"{"service": {"name": "filesvc", "id": "filesvc-7", "port": 7070, "tags": ["from-file"],
+                "meta": {"origin": "file"}, "enable_tag_override": true}}"#,
+        )
+        .expect("write service file");
+        let listener_port = free_port();
+        let ready = format!("tcp:{listener_port}");
+        let file_s = file.to_string_lossy().to_string();
+        let cfg = config(
+            &agent.addr(),
+            &[
+                ("MICROINIT_SERVICE_FILE", file_s.as_str()),
+                ("MICROINIT_READY", &ready),
+            ],
+        );
+        let reg = Registration::start(cfg).expect("start");
+        reg.send(Command::AppStarted { pid: 7 });
+        wait_until("filesvc-7 registered", SOON, || {
+            agent.service("filesvc-7", None).is_some()
+        });
+        let s = agent.service("filesvc-7", None).expect("service");
+        assert_eq!(
+            (s["Service"].as_str(), s["Port"].as_u64()),
+            (Some("filesvc"), Some(7070))
+        );
+        assert_eq!(
+            (s["Tags"].clone(), s["Meta"].clone()),
+            (json!(["from-file"]), json!({"origin": "file"}))
+        );
+        assert_eq!(s["EnableTagOverride"], true);
+        // Nothing listens yet: not ready, so critical.
+        assert_eq!(
+            agent.check_status("microinit:filesvc-7", None).as_deref(),
+            Some("critical")
+        );
+        let _listener =
+            std::net::TcpListener::bind(("127.0.0.1", listener_port)).expect("bind readiness port");
+        wait_until("passing once the port accepts", SOON, || {
+            agent.passing_instances("filesvc") == 1
+        });
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(agent.service("filesvc-7", None).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn agent_down_at_start_then_up_then_restarted() {
+        let port = free_port();
+        let ttl = "3s";
+        let cfg = config(
+            &format!("127.0.0.1:{port}"),
+            &[
+                ("MICROINIT_SERVICE_NAME", "late"),
+                ("MICROINIT_SERVICE_ID", "late-1"),
+                ("MICROINIT_CHECK_TTL", ttl),
+            ],
+        );
+        let reg = Registration::start(cfg).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("a recorded error while the agent is down", SOON, || {
+            reg.status_json()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unreachable"))
+        });
+        let mut agent = DevAgent::start_on(port, &[]);
+        wait_until("registered once the agent is up", SOON, || {
+            agent.passing_instances("late") == 1
+        });
+        assert!(reg.status_json()["last_error"].is_null());
+
+        // Dev mode forgets everything: the next heartbeat (≤ TTL/2) or retry must re-register.
+        agent.restart();
+        let back = Instant::now();
+        wait_until("re-registered after an agent restart", SOON, || {
+            agent.service("late-1", None).is_some()
+        });
+        let took = back.elapsed();
+        assert!(
+            took <= Duration::from_secs(3),
+            "re-registration took {took:?}, more than one TTL ({ttl})"
+        );
+        wait_until("passing again", SOON, || {
+            agent.check_status("microinit:late-1", None).as_deref() == Some("passing")
+        });
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(agent.service("late-1", None).is_none());
+    }
+
+    #[test]
+    fn black_holed_agent_deregisters_within_bound() {
+        // Listening but never accepting: connects succeed (kernel backlog), requests get no answer.
+        let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = hole.local_addr().expect("addr").port();
+        let cfg = config(
+            &format!("127.0.0.1:{port}"),
+            &[("MICROINIT_SERVICE_NAME", "hole")],
+        );
+        let reg = Registration::start(cfg).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        // Let the register call get stuck in flight, the worst case for the bound.
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        reg.send(Command::Deregister);
+        wait_event(&reg, Duration::from_secs(5), |e| *e == Event::Deregistered);
+        let took = t0.elapsed();
+        assert!(
+            took <= DEREGISTER_BOUND,
+            "Deregistered after {took:?} (> {DEREGISTER_BOUND:?})"
+        );
+        assert!(reg.status_json()["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deregister")));
+        drop(hole);
+    }
+
+    #[test]
+    fn acl_token_file_works_and_missing_or_bad_token_is_clear() {
+        let master = "b1gb0ss-master-token";
+        let hcl = format!(
+            r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" }} }}"#
+        );
+        let agent = DevAgent::start_with(&["-hcl", &hcl]);
+        let policy =
+            r#"{"Name": "acl-web-write", "Rules": "service \"acl-web\" { policy = \"write\" }"}"#;
+        let (st, body) = agent.request("PUT", "/v1/acl/policy", Some(master), Some(policy));
+        assert_eq!(st, 200, "create policy: {body}");
+        let (st, body) = agent.request(
+            "PUT",
+            "/v1/acl/token",
+            Some(master),
+            Some(r#"{"Policies": [{"Name": "acl-web-write"}]}"#),
+        );
+        assert_eq!(st, 200, "create token: {body}");
+        let token: Value = serde_json::from_str(&body).expect("token JSON");
+        let secret = token["SecretID"].as_str().expect("SecretID").to_string();
+        let dir = std::env::temp_dir().join(format!("microinit-acl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{secret}\n")).expect("write token");
+        let tf = token_file.to_string_lossy().to_string();
+        let base = [
+            ("MICROINIT_SERVICE_NAME", "acl-web"),
+            ("MICROINIT_SERVICE_ID", "acl-web-1"),
+        ];
+
+        // With the token from a file: registered and passing.
+        let cfg = config(
+            &agent.addr(),
+            &[base[0], base[1], ("CONSUL_HTTP_TOKEN_FILE", tf.as_str())],
+        );
+        let reg = Registration::start(cfg).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("registered with the token", SOON, || {
+            agent
+                .check_status("microinit:acl-web-1", Some(master))
+                .as_deref()
+                == Some("passing")
+        });
+        assert!(
+            !reg.status_json().to_string().contains(&secret),
+            "token in status"
+        );
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(agent.service("acl-web-1", Some(master)).is_none());
+
+        // Without a token: one clear error naming the permission; the worker keeps retrying (app unaffected).
+        let reg = Registration::start(config(&agent.addr(), &base)).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("a denial", SOON, || {
+            !reg.status_json()["last_error"].is_null()
+        });
+        let err = reg.status_json()["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            err.contains("403") && err.contains("service:write on service \"acl-web\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("no token set") && err.contains("/v1/agent/service/register"),
+            "{err}"
+        );
+        reg.send(Command::Shutdown);
+
+        // A bad token with --consul-required: Fatal, and the token is in no message.
+        let bad = "not-a-real-token-0123456789";
+        let mut o = options(&[
+            base[0],
+            base[1],
+            ("CONSUL_HTTP_TOKEN", bad),
+            ("MICROINIT_CONSUL_REQUIRED", "1"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec![agent.addr()]);
+        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        let Event::Fatal(msg) = wait_event(&reg, SOON, |e| matches!(e, Event::Fatal(_))) else {
+            unreachable!()
+        };
+        assert!(
+            msg.contains("ACL not found") || msg.contains("403"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains(bad) && !reg.status_json().to_string().contains(bad),
+            "token leaked: {msg}"
+        );
+        assert_eq!(reg.status_json()["state"], "failed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// HTTPS to the agent with `CONSUL_CACERT` (only in builds with the `https` feature).
+#[cfg(all(test, feature = "https"))]
+mod https_tests {
+    use super::dev_agent::{consul_bin, free_port, wait_until, DevAgent};
+    use super::tests::{options, wait_event};
+    use super::*;
+
+    #[test]
+    fn https_agent_with_cacert_and_unknown_ca_is_clear() {
+        let dir = std::env::temp_dir().join(format!("microinit-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for args in [
+            &["tls", "ca", "create"][..],
+            &["tls", "cert", "create", "-server"][..],
+        ] {
+            let st = std::process::Command::new(consul_bin())
+                .args(args)
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("consul tls");
+            assert!(st.success(), "consul {args:?}");
+        }
+        let https_port = free_port();
+        let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+        let hcl = format!(
+            r#"ports {{ https = {https_port} }} cert_file = "{}" key_file = "{}" ca_file = "{}""#,
+            p("dc1-server-consul-0.pem"),
+            p("dc1-server-consul-0-key.pem"),
+            p("consul-agent-ca.pem")
+        );
+        let agent = DevAgent::start_with(&["-hcl", &hcl]);
+        // The server certificate names localhost (and server.dc1.consul), so that is the host we use.
+        let addr = format!("https://localhost:{https_port}");
+        let ca = p("consul-agent-ca.pem");
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "tls-web"),
+            ("MICROINIT_SERVICE_ID", "tls-web-1"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec![addr.clone()]);
+        o.set("CONSUL_CACERT", vec![ca]);
+        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("registered over https", Duration::from_secs(10), || {
+            agent.passing_instances("tls-web") == 1
+        });
+        reg.send(Command::Deregister);
+        wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
+        assert!(agent.service("tls-web-1", None).is_none());
+
+        // Without CONSUL_CACERT the agent's private CA is unknown: a clear TLS error, not a hang or panic.
+        let mut o = options(&[
+            ("MICROINIT_SERVICE_NAME", "tls-web"),
+            ("MICROINIT_SERVICE_ID", "tls-web-2"),
+        ]);
+        o.set("CONSUL_HTTP_ADDR", vec![addr]);
+        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
+        reg.send(Command::AppStarted { pid: 1 });
+        wait_until("a TLS error", Duration::from_secs(10), || {
+            !reg.status_json()["last_error"].is_null()
+        });
+        let err = reg.status_json()["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

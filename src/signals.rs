@@ -3,10 +3,9 @@
 //! Owns: parsing/naming signals, blocking every signal before any thread exists, and handing the original
 //! mask to children. Does not own: what a signal means to the app (`event_loop` decides forwarding).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{SigSet, SigmaskHow};
 
 const NAMES: [&str; 31] = [
     "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
@@ -14,12 +13,25 @@ const NAMES: [&str; 31] = [
     "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 ];
 
+/// The first real-time signal as glibc (and so most apps, and procps' `kill -l`) numbers it. musl says 35
+/// and keeps 32-34 for itself, but the app may be a glibc program: microinit forwards 32-64 alike.
 pub fn rtmin() -> i32 {
-    libc::SIGRTMIN()
+    34
 }
 
+/// The kernel's last signal (_NSIG - 1).
 pub fn rtmax() -> i32 {
-    libc::SIGRTMAX()
+    64
+}
+
+/// Every signal 1-64. libc's sigfillset leaves out the ones the libc reserves (musl: 32-34), which would
+/// leave them unblocked and, for PID 1, silently discarded instead of forwarded.
+fn every_signal() -> SigSet {
+    // SAFETY: an all-zero sigset_t is valid; the kernel's mask is its first 64 bits.
+    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { *(&mut raw as *mut libc::sigset_t).cast::<u64>() = u64::MAX };
+    // SAFETY: raw is initialised above.
+    unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
 
 /// "TERM", "SIGTERM", "term", "15", "RTMIN+3", "SIGRTMAX-1" → the number. The error says what is accepted.
@@ -30,16 +42,15 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
             rtmax()
         )
     };
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
+    let up = s.trim().to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if let Ok(n) = name.parse::<i32>() {
         return if (1..=rtmax()).contains(&n) {
             Ok(n)
         } else {
             Err(bad())
         };
     }
-    let up = t.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
     if let Some(i) = NAMES.iter().position(|n| *n == name) {
         return Ok(i as i32 + 1);
     }
@@ -78,6 +89,8 @@ pub fn signal_name(sig: i32) -> String {
         format!("SIG{}", NAMES[sig as usize - 1])
     } else if (rtmin()..=rtmax()).contains(&sig) {
         format!("SIGRTMIN+{}", sig - rtmin())
+    } else if (32..rtmin()).contains(&sig) {
+        format!("SIG{sig}")
     } else {
         sig.to_string()
     }
@@ -95,7 +108,7 @@ pub fn block_all() -> nix::Result<OriginalMask> {
     let mut old = SigSet::empty();
     nix::sys::signal::sigprocmask(
         SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
+        Some(&every_signal()),
         Some(&mut old),
     )?;
     Ok(OriginalMask(*old.as_ref()))
@@ -103,45 +116,65 @@ pub fn block_all() -> nix::Result<OriginalMask> {
 
 /// The non-blocking signalfd over every signal.
 pub struct Signals {
-    fd: SignalFd,
+    fd: OwnedFd,
 }
 
 impl Signals {
     pub fn open() -> nix::Result<Signals> {
-        let fd = SignalFd::with_flags(
-            &SigSet::all(),
-            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-        )?;
-        Ok(Signals { fd })
+        let set = every_signal();
+        // The raw syscall: musl's signalfd() wrapper drops 32-34 from the mask, so they would stay pending
+        // unread (and unforwarded) forever.
+        // SAFETY: set points to a valid sigset_t of at least 8 bytes; the result is checked.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_signalfd4,
+                -1,
+                set.as_ref() as *const libc::sigset_t,
+                8usize,
+                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Signals {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        })
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_fd().as_raw_fd()
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd.as_raw_fd()
     }
 
     /// Every signal pending now, in arrival order; never blocks. Standard signals coalesce in the kernel
     /// (one pending instance each); real-time signals queue, so each arrives here once per send.
     pub fn drain(&mut self) -> Vec<Received> {
         let mut out = Vec::new();
-        while let Ok(Some(info)) = self.fd.read_signal() {
-            out.push(Received {
-                signo: info.ssi_signo as i32,
-                sender_pid: info.ssi_pid as i32,
-                code: info.ssi_code,
-            });
+        const SZ: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+        let mut buf = [0u8; SZ * 16];
+        loop {
+            let n = match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
+                Ok(n) if n >= SZ => n,
+                _ => return out, // EAGAIN: nothing more pending
+            };
+            for chunk in buf[..n].chunks_exact(SZ) {
+                // SAFETY: the kernel wrote whole signalfd_siginfo records; read_unaligned copes with the
+                // byte buffer's alignment.
+                let info: libc::signalfd_siginfo =
+                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
+                out.push(Received {
+                    signo: info.ssi_signo as i32,
+                    code: info.ssi_code,
+                });
+            }
         }
-        out
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub signo: i32,
-    pub sender_pid: i32,
     /// si_code: SI_USER for kill(2), SI_KERNEL for terminal-generated signals, …
     pub code: i32,
 }
@@ -157,11 +190,6 @@ pub fn is_forwardable(sig: i32) -> bool {
         && sig != libc::SIGKILL
         && sig != libc::SIGSTOP
         && (1..=rtmax()).contains(&sig)
-}
-
-/// `Signal` for the standard ones nix knows; used for kill(2) wrappers.
-pub fn to_nix(sig: i32) -> Option<Signal> {
-    Signal::try_from(sig).ok()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::unistd::Pid;
 
 use crate::config::Isolation;
 use crate::signals::OriginalMask;
@@ -182,7 +181,8 @@ fn read_exec_result(err_r: OwnedFd, pid: i32, path: &Path) -> Result<i32, SpawnE
         return Ok(pid);
     }
     // The child _exits right after writing; reap it here so it is not mistaken for an orphan later.
-    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    // SAFETY: plain waitpid on our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     Err(SpawnError::Exec {
         path: path.to_path_buf(),
         errno: Errno::from_raw(i32::from_ne_bytes(buf)),

@@ -1,0 +1,282 @@
+//! A real Consul dev agent on loopback for tests, and a tiny independent HTTP client to inspect it.
+//!
+//! std only, so it is shared by the integration tests (tests/consul.rs) and, via `#[path]`, by the unit
+//! tests of src/registration.rs. The consul binary: `CONSUL_BIN`, else scripts/install-consul.sh (cached).
+#![allow(dead_code)] // each includer uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The consul binary, installed once per test process.
+pub fn consul_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("CONSUL_BIN") {
+            return PathBuf::from(b);
+        }
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-consul.sh");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {:?}",
+            script.display(),
+            out.status
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("install-consul.sh printed nothing")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Poll `cond` until true; panic naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.0 request; returns (status, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("X-Consul-Token: {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub struct DevAgent {
+    child: Option<Child>,
+    pub http_port: u16,
+    /// False for `start_on`: a restart or retry must keep the HTTP port.
+    http_port_fixed: bool,
+    ports: [u16; 3],
+    extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl DevAgent {
+    pub fn start() -> DevAgent {
+        Self::start_with(&[])
+    }
+
+    /// A dev agent with extra `consul agent` arguments (e.g. `-hcl` for ACLs).
+    pub fn start_with(extra: &[&str]) -> DevAgent {
+        Self::new(free_port(), false, extra)
+    }
+
+    /// A dev agent whose HTTP API listens on `http_port` (for "agent down at start, then up").
+    pub fn start_on(http_port: u16, extra: &[&str]) -> DevAgent {
+        Self::new(http_port, true, extra)
+    }
+
+    fn new(http_port: u16, http_port_fixed: bool, extra: &[&str]) -> DevAgent {
+        let mut a = DevAgent {
+            child: None,
+            http_port,
+            http_port_fixed,
+            ports: [free_port(), free_port(), free_port()],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: std::env::temp_dir().join(format!("microinit-consul-{http_port}.log")),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    fn spawn(&mut self) {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                // A port raced with someone else: pick new ones (but keep a fixed HTTP port).
+                self.ports = [free_port(), free_port(), free_port()];
+                if !self.http_port_fixed {
+                    self.http_port = free_port();
+                }
+            }
+            let log = std::fs::File::create(&self.log).expect("create consul log");
+            let [lan, wan, server] = self.ports;
+            let mut child = Command::new(consul_bin())
+                .args([
+                    "agent",
+                    "-dev",
+                    "-bind",
+                    "127.0.0.1",
+                    "-client",
+                    "127.0.0.1",
+                ])
+                .args(["-node", &format!("dev-{}", self.ports[2])])
+                .args([
+                    "-http-port",
+                    &self.http_port.to_string(),
+                    "-dns-port",
+                    "-1",
+                    "-grpc-port",
+                    "-1",
+                ])
+                .args([
+                    "-serf-lan-port",
+                    &lan.to_string(),
+                    "-serf-wan-port",
+                    &wan.to_string(),
+                ])
+                .args(["-server-port", &server.to_string()])
+                .args(&self.extra)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn consul agent");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if self.is_ours_and_has_leader() {
+                    self.child = Some(child);
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "consul dev agent did not come up on port {} (log: {})",
+            self.http_port,
+            self.log.display()
+        );
+    }
+
+    /// The leader is the server RPC address, and the server port is ours alone: this proves the agent
+    /// answering on our HTTP port is the one we started (ports are picked racily), without needing a token.
+    fn is_ours_and_has_leader(&self) -> bool {
+        let ours = format!("\"127.0.0.1:{}\"", self.ports[2]);
+        matches!(http(&self.addr(), "GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
+    }
+
+    /// SIGKILL the agent (it forgets every service: dev mode keeps nothing on disk).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again on the same ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path, None, None)
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        http(&self.addr(), method, path, token, body).unwrap_or((0, String::new()))
+    }
+
+    /// `/v1/agent/checks` (optionally with a token) as JSON.
+    pub fn checks(&self, token: Option<&str>) -> serde_json::Value {
+        let (_, body) = self.request("GET", "/v1/agent/checks", token, None);
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The local agent's view of one service, if it knows it.
+    pub fn service(&self, id: &str, token: Option<&str>) -> Option<serde_json::Value> {
+        match self.request("GET", &format!("/v1/agent/service/{id}"), token, None) {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Status of a check on the local agent ("passing", …), if it exists.
+    pub fn check_status(&self, check_id: &str, token: Option<&str>) -> Option<String> {
+        self.checks(token)
+            .get(check_id)?
+            .get("Status")?
+            .as_str()
+            .map(String::from)
+    }
+
+    /// Instances of `name` that pass all their checks, according to the catalog (what clients see).
+    pub fn passing_instances(&self, name: &str) -> usize {
+        let (status, body) = self.get(&format!("/v1/health/service/{name}?passing"));
+        if status != 200 {
+            return 0;
+        }
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
