@@ -169,7 +169,8 @@ if want size; then
         # The size of a microinit that cannot run a command yet (a skeleton) would mean nothing.
         [ -n "${ok_host[$i]:-}${ok_pid1[$i]:-}" ] || continue
         val[size|$i]=$(stat -L -c %s "${bin[$i]}")
-        if file -L "${bin[$i]}" 2>/dev/null | grep -q 'dynamically linked'; then
+        # ldd lists "lib => path" lines only for a dynamic executable (`file` may not be installed).
+        if [[ "$(ldd "${bin[$i]}" 2>/dev/null || true)" == *"=>"* ]]; then
             val[link|$i]="dynamic (+libc)"
         else val[link|$i]="static"; fi
     done
