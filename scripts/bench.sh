@@ -393,7 +393,7 @@ if want check; then
         xrow "runtime check of $node" "n/a (not built: --no-runtime-check refused)" "< 1 ms" ""
     else
         mc="$work/microcontainer"
-        nlibs=$(ldd "$node" | grep -c '=> /')
+        nlibs=$(ldd "$node" | grep -c '=> /' || true)
         if make_microcontainer "$mc" && in_microcontainer "$mc" chroot "$mc" /sbin/microinit check "$node" >/dev/null &&
             in_microcontainer "$mc" chroot "$mc" /sbin/microinit -- /bin/true; then
             note "check: microcontainer root, $check_runs runs per command, interleaved"
