@@ -115,6 +115,17 @@ fn supervise(cfg: Config) -> i32 {
         let _ = signals.drain();
     }
 
+    let name = cfg.supervisor.command[0].clone();
+    let path_var = std::env::var_os("PATH");
+    let resolve = || which::resolve(&name, path_var.as_deref());
+    if let Err(e) = resolve() {
+        // A dangling link is the runtime check's business (it names the volume and may wait for it);
+        // anything else is a plain "not found" / "not executable".
+        if !(cfg.runtime.enabled && e.is_dangling_link()) {
+            eprintln!("microinit: {}", e.message(&name));
+            return e.exit_code();
+        }
+    }
     let mut runtime_json = None;
     if cfg.runtime.enabled {
         let report = runtime_check::check_waiting(&cfg.supervisor.command, &cfg.runtime);
@@ -124,8 +135,7 @@ fn supervise(cfg: Config) -> i32 {
         }
         runtime_json = Some(report.to_json());
     }
-    let name = cfg.supervisor.command[0].clone();
-    let app_path = match which::resolve(&name, std::env::var_os("PATH").as_deref()) {
+    let app_path = match resolve() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("microinit: {}", e.message(&name));

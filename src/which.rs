@@ -28,6 +28,15 @@ impl LookupError {
         }
     }
 
+    /// Not found, but a candidate is a symlink whose target is missing: a runtime volume not mounted
+    /// (or not yet), which the runtime check explains better than "not found".
+    pub fn is_dangling_link(&self) -> bool {
+        match self {
+            LookupError::NotFound { tried } => tried.iter().any(|p| p.symlink_metadata().is_ok()),
+            LookupError::NotExecutable { .. } => false,
+        }
+    }
+
     /// One line for stderr, naming what was tried and what to do.
     pub fn message(&self, name: &OsStr) -> String {
         match self {
