@@ -51,6 +51,9 @@ fi
 orphans=2000
 
 work=$(mktemp -d /tmp/microinit-bench.XXXXXX)
+# `unshare --mount-proc` keeps this machine's /run: microinit's default control socket there is shared with any
+# other microinit on the machine (tests, other runs), whose clients would wake the one measured. Ours is private.
+export MICROINIT_SOCKET="$work/control.sock"
 cleanup() {
     if [ -n "${consul_dir:-}" ]; then "$repo/scripts/consul-dev.sh" stop "$consul_dir" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
@@ -78,20 +81,40 @@ helper="$work/benchhelper"
 cc -O2 -Wall -o "$helper" "$repo/scripts/bench/benchhelper.c" || die "cannot compile scripts/bench/benchhelper.c"
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-# MICROINIT_BIN (as for the tests) names a binary to measure instead of the one built here.
-mi=${MICROINIT_BIN:-$target_dir/x86_64-unknown-linux-musl/release/microinit}
-mi_why="not built"
-# build_mi TARGET_DIR [cargo args…]: the static release binary into TARGET_DIR, log in $work.
+# build_mi TARGET_DIR [FEATURES]: the static release binary, built into TARGET_DIR; prints its path. The binary
+# that ships comes from scripts/build.sh (size-optimised) when the repository has it; plain cargo otherwise.
 build_mi() {
-    local dir=$1; shift
-    (cd "$repo" && cargo build --release --target x86_64-unknown-linux-musl --target-dir "$dir" "$@") \
-        >"$work/cargo.log" 2>&1 || { tail -n 15 "$work/cargo.log" >&2; return 1; }
-}
-if [ "$build" -eq 1 ] && [ -z "${MICROINIT_BIN:-}" ]; then
-    note "building microinit (static, musl, release)"
+    local dir=$1 features=${2:-}
     rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || note "rustup target add failed (offline?)"
+    if [ -x "$repo/scripts/build.sh" ]; then
+        CARGO_TARGET_DIR=$dir MICROINIT_FEATURES=$features "$repo/scripts/build.sh" 2>"$work/cargo.log" | tail -n1 ||
+            { tail -n 15 "$work/cargo.log" >&2; return 1; }
+    else
+        (cd "$repo" && cargo build --release --target x86_64-unknown-linux-musl --target-dir "$dir" \
+            ${features:+--features "$features"}) >"$work/cargo.log" 2>&1 || { tail -n 15 "$work/cargo.log" >&2; return 1; }
+        echo "$dir/x86_64-unknown-linux-musl/release/microinit"
+    fi
+}
+# How the measured binary was made, for the table's header.
+mi_origin() {
+    if [ -n "${MICROINIT_BIN:-}" ]; then echo "MICROINIT_BIN=$MICROINIT_BIN"
+    elif [ "$build" -eq 0 ]; then echo "$mi (--no-build)"
+    elif [ -x "$repo/scripts/build.sh" ]; then echo "scripts/build.sh ($(sed -n 's/^build.sh: \([a-z].*\)/\1/p' "$work/build-origin.log" | head -n1))"
+    else echo "cargo build --release --target x86_64-unknown-linux-musl"; fi
+}
+mi_why="not built"
+if [ -n "${MICROINIT_BIN:-}" ]; then
+    # MICROINIT_BIN (as for the tests) names a binary to measure instead of the one built here.
+    mi=$MICROINIT_BIN
+elif [ "$build" -eq 1 ]; then
+    note "building microinit (static, musl, release)"
     # A binary left over from an earlier build must not be measured in place of source that does not build.
-    build_mi "$target_dir" || { mi_why="build failed" mi=""; }
+    mi=$(build_mi "$target_dir") || { mi_why="build failed" mi=""; }
+    cp "$work/cargo.log" "$work/build-origin.log"
+elif [ -x "$target_dir/dist/microinit" ]; then
+    mi=$target_dir/dist/microinit
+else
+    mi=$target_dir/x86_64-unknown-linux-musl/release/microinit
 fi
 
 # ---------------------------------------------------------------- the inits under test
@@ -242,9 +265,13 @@ if want rss || want idle; then
         "${ns[@]}" ${pid1[$i]} "$helper" pause </dev/null >/dev/null 2>&1 &
         top[$i]=$!
     done
+    # exec_done PID: PID runs the helper (its exec is over, and with it the init's part in starting it).
+    exec_done() { [ "$(readlink "/proc/$1/exe" 2>/dev/null)" = "$helper" ]; }
     for i in "${!top[@]}"; do
-        # Measured once the app is up, so the init's own start-up is behind it.
-        if initp[$i]=$("$helper" initpid "${top[$i]}" 1) && "$helper" initpid "${initp[$i]}" 1 >/dev/null; then
+        # Measured once the app has exec'd, so the init's own start-up is behind it.
+        if initp[$i]=$("$helper" initpid "${top[$i]}" 1) && app=$("$helper" initpid "${initp[$i]}" 1); then
+            deadline=$((SECONDS + 5))
+            while ! exec_done "$app" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.01; done
             t0[$i]=$(proc_ticks "${initp[$i]}") w0[$i]=$(proc_wakeups "${initp[$i]}")
         else
             problem "rss/idle: $i did not start its app within 5 s"
@@ -450,13 +477,12 @@ if want consul; then
     fi
     if [ -n "${ok_host[microinit]:-}" ]; then
         xrow "binary size, default features" "$(stat -L -c %s "$mi") B" "" ""
-        mi_https="$target_dir/bench-https/x86_64-unknown-linux-musl/release/microinit"
         # Only a pair built here from the same source compares; a binary left over from another run would not.
         if [ "$build" -eq 0 ] || [ -n "${MICROINIT_BIN:-}" ]; then
             xrow "binary size, \`--features https\`" "n/a (measured only when bench.sh builds)" "" ""
         else
             note "consul: building microinit --features https (own target dir, so neither build relinks the other)"
-            if build_mi "$target_dir/bench-https" --features https; then
+            if mi_https=$(build_mi "$target_dir/bench-https" https) && [ -x "$mi_https" ]; then
                 xrow "binary size, \`--features https\`" "$(stat -L -c %s "$mi_https") B" "" ""
             else
                 xrow "binary size, \`--features https\`" "n/a (build failed)" "" ""
@@ -472,6 +498,7 @@ render() {
     echo "## microinit benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "Machine: $(nproc) cores ($cpu), kernel $(uname -r); run: $([ "$quick" -eq 1 ] && echo "--quick" || echo default)."
+    echo "microinit: $(mi_origin)."
     echo "Anchors from Debian: tini $(dpkg-query -W -f '${Version}' tini 2>/dev/null), dumb-init" \
         "$(dpkg-query -W -f '${Version}' dumb-init 2>/dev/null), catatonit $(dpkg-query -W -f '${Version}' catatonit 2>/dev/null)."
     local samples=""
