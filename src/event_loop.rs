@@ -136,6 +136,8 @@ pub struct EventLoop {
     /// The sweep of leftovers: SIGKILL at the first instant, give up waiting at the second.
     sweep: Option<(Instant, Instant)>,
     sweep_started: bool,
+    /// The app is gone for good and hooks are done: sweep leftovers, unless the reaper says there are none.
+    sweep_due: bool,
     deregistering_until: Option<Instant>,
     /// Overrides the app's status (--consul-required failure: 125).
     forced_exit: Option<i32>,
@@ -217,6 +219,7 @@ impl EventLoop {
             final_status: None,
             sweep: None,
             sweep_started: false,
+            sweep_due: false,
             deregistering_until: None,
             forced_exit: None,
             signals_forwarded: 0,
@@ -240,6 +243,10 @@ impl EventLoop {
                     r.send(registration::Command::Shutdown);
                 }
                 return code;
+            }
+            if std::mem::take(&mut self.sweep_due) && !no_children {
+                // Only when something is left: waitpid's ECHILD already proved the namespace empty.
+                self.start_sweep();
             }
             self.on_timers(Instant::now());
             self.wait_for_events();
@@ -684,7 +691,7 @@ impl EventLoop {
         }
         match self.cfg.hooks.post_stop.clone() {
             Some(cmd) => self.start_hook(HookKind::PostStop, &cmd),
-            None => self.start_sweep(),
+            None => self.sweep_due = true,
         }
     }
 
@@ -890,7 +897,7 @@ impl EventLoop {
             HookKind::PreStart if self.final_status.is_none() => self.spawn_app(),
             HookKind::PreStart => {}
             HookKind::PreStop => self.advance_pending_forward(Instant::now()),
-            HookKind::PostStop => self.start_sweep(),
+            HookKind::PostStop => self.sweep_due = true,
         }
     }
 

@@ -152,6 +152,9 @@ unsafe fn child(
         libc::dup2(fd, 1);
         libc::dup2(fd, 2);
     }
+    // Rust's runtime ignores SIGPIPE before main, and an ignored disposition survives exec: give the app
+    // the default back, as std::process::Command does (handlers need nothing: exec resets them).
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     // The app gets the mask microinit was started with, not our all-blocked one (which exec keeps).
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     libc::execv(path, argv.as_ptr());
@@ -210,17 +213,26 @@ pub fn children_of(parent: i32) -> Vec<i32> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // comm may hold spaces and parentheses: the fields start after the last ')'.
-                    let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent)
-        })
+        .filter(|pid| stat_ppid(*pid) == Some(parent))
         .collect()
+}
+
+/// The parent pid from /proc/PID/stat, read with one read(2) into a stack buffer.
+fn stat_ppid(pid: i32) -> Option<i32> {
+    use std::io::Read;
+    let mut buf = [0u8; 512];
+    let n = std::fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let s = &buf[..n];
+    // comm may hold spaces and parentheses: the fields start after the last ')'.
+    let rest = &s[s.iter().rposition(|b| *b == b')')? + 1..];
+    let field = rest
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(1)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 /// True when fd 0 is a terminal.

@@ -577,3 +577,34 @@ fn hooks_run_in_order_and_failures_are_reported() {
         assert_eq!(recorded(&f), vec![libc::SIGTERM], "{hook}");
     }
 }
+
+#[test]
+fn app_gets_the_mask_and_dispositions_microinit_was_started_with() {
+    use std::os::unix::process::CommandExt;
+    let status_of = |via_microinit: bool| {
+        let mut cmd = if via_microinit {
+            let mut c = Command::new(bin());
+            c.arg("--");
+            c
+        } else {
+            Command::new("env")
+        };
+        cmd.args(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+        // Started with SIGUSR1 ignored and SIGHUP blocked (as from a shell's `trap '' USR1`, or nohup).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGHUP);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    let direct = status_of(false);
+    assert!(direct.contains("SigBlk:\t0000000000000001"), "{direct}");
+    // microinit blocks everything and Rust's runtime ignores SIGPIPE inside it: the app sees neither.
+    assert_eq!(status_of(true), direct);
+}

@@ -3,7 +3,7 @@
 //! `unshare --mount --fork chroot`, so every path is exactly as in a microcontainer image.
 //!
 //! Needs (root, Debian): busybox-static, g++, musl-tools (for the musl case), and /usr/bin/node (nodejs).
-//! Helpers live here rather than in tests/common because only this file uses them.
+//! Fixture helpers live here rather than in tests/common because only this file uses them.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -14,6 +14,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::{bin, target_dir};
 
 const LIBDIR: &str = "/lib/x86_64-linux-gnu";
 const LD_SO: &str = "ld-linux-x86-64.so.2";
@@ -29,26 +32,6 @@ const NODE_LIBS: &[&str] = &[
 ];
 /// No test may take longer than this (a hang is a failure, not a stuck CI).
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// CARGO_TARGET_DIR, or <manifest>/target.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MICROINIT_BIN") {
-        return p.into();
-    }
-    let p = target_dir().join("x86_64-unknown-linux-musl/release/microinit");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release --target x86_64-unknown-linux-musl` first (or set MICROINIT_BIN)",
-        p.display()
-    );
-    p
-}
 
 /// Test programs compiled once per run: the C++ app, a library + program using RUNPATH $ORIGIN, and a
 /// musl program.

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build the static (musl) microinit that ships in the images. Prints its path as the last stdout line.
+#
+#   scripts/build.sh                      smallest build: nightly with -Z build-std (see README, "Size")
+#   MICROINIT_BUILD=stable scripts/build.sh     plain stable build (larger, same behaviour)
+#   MICROINIT_FEATURES=https scripts/build.sh   with HTTPS to the Consul agent
+#
+# The nightly build recompiles std for size and makes a panic an immediate abort (PID 1 has no panics to
+# report anyway). When the machine has no nightly toolchain it falls back to stable and says so.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+target=x86_64-unknown-linux-musl
+tdir=${CARGO_TARGET_DIR:-$repo/target}
+mode=${MICROINIT_BUILD:-auto}
+features=()
+[ -n "${MICROINIT_FEATURES:-}" ] && features=(--features "$MICROINIT_FEATURES")
+out=$tdir/dist/microinit${MICROINIT_FEATURES:+-$MICROINIT_FEATURES}
+
+cd "$repo"
+rustup target add "$target" >&2
+have_nightly() {
+    rustup toolchain list | grep -q '^nightly' &&
+        rustup component add rust-src --toolchain nightly >&2 &&
+        rustup target add "$target" --toolchain nightly >&2
+}
+if [ "$mode" != stable ] && have_nightly; then
+    echo "build.sh: nightly + build-std (size-optimised)" >&2
+    CARGO_TARGET_DIR=$tdir/size \
+        RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Crelocation-model=static" \
+        cargo +nightly build --release --locked --target "$target" -Z build-std=std,panic_abort "${features[@]}" >&2
+    built=$tdir/size/$target/release/microinit
+else
+    [ "$mode" = nightly ] && { echo "build.sh: MICROINIT_BUILD=nightly but no nightly toolchain" >&2; exit 1; }
+    echo "build.sh: stable build (no nightly toolchain: the binary is larger)" >&2
+    cargo build --release --locked --target "$target" "${features[@]}" >&2
+    built=$tdir/$target/release/microinit
+fi
+mkdir -p "$(dirname "$out")"
+cp "$built" "$out"
+echo "build.sh: $out $(stat -c %s "$out") bytes" >&2
+echo "$out"
