@@ -89,7 +89,11 @@ impl Container {
 
     fn status(&self) -> Value {
         let out = self.client(&["status", "--json"]);
-        assert!(out.status.success(), "status --json: {out:?}");
+        assert!(
+            out.status.success(),
+            "status --json: {out:?}; PID 1's stderr: {}",
+            self.stderr()
+        );
         serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
     }
 
@@ -210,13 +214,15 @@ fn status_shows_the_app_pid_state_and_counts() {
 fn signal_reaches_the_app_and_is_counted() {
     let dir = tempdir("signal");
     let marker = dir.join("usr1");
+    // USR1 before the trap is set would kill the app (and PID 1's sweep would kill the client): wait for it.
     let script = format!(
-        "trap 'echo got >> {}' USR1; while :; do sleep 0.05; done",
-        marker.display()
+        "trap 'echo got >> {m}' USR1; touch {m}.ready; while :; do sleep 0.05; done",
+        m = marker.display()
     );
     let pid1 = Container::start(&dir, &["--", "sh", "-c", &script], &[]);
+    wait_for(T, || dir.join("usr1.ready").exists().then_some(())).expect("the app's trap is set");
     let out = pid1.client(&["signal", "USR1"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{out:?}; PID 1: {}", pid1.stderr());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("SIGUSR1"),
         "{out:?}"
