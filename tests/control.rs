@@ -860,6 +860,7 @@ fn exec_passes_status_reaps_its_orphans_and_forwards_signals() {
             .arg("--")
             .args(cmd)
             .env("MICROINIT_SOCKET", &c.socket)
+            .env_remove("RUST_LOG")
             .env("CONSUL_HTTP_ADDR", "127.0.0.1:1")
             .env("MICROINIT_SERVICE_NAME", "nope");
         n
