@@ -138,6 +138,10 @@ pub struct EventLoop {
     sweep_started: bool,
     /// The app is gone for good and hooks are done: sweep leftovers, unless the reaper says there are none.
     sweep_due: bool,
+    /// A SIGCHLD arrived (or we just started): drain waitpid before anything else.
+    reap_due: bool,
+    /// The last drain ended in ECHILD.
+    no_children: bool,
     deregistering_until: Option<Instant>,
     /// Overrides the app's status (--consul-required failure: 125).
     forced_exit: Option<i32>,
@@ -220,6 +224,8 @@ impl EventLoop {
             sweep: None,
             sweep_started: false,
             sweep_due: false,
+            reap_due: true,
+            no_children: false,
             deregistering_until: None,
             forced_exit: None,
             signals_forwarded: 0,
@@ -237,7 +243,12 @@ impl EventLoop {
             None => self.spawn_app(),
         }
         loop {
-            let no_children = self.reap();
+            // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans
+            // reparented to us included), so an idle or forwarding wakeup costs no extra syscall.
+            if std::mem::take(&mut self.reap_due) {
+                self.no_children = self.reap();
+            }
+            let no_children = self.no_children;
             if let Some(code) = self.finished(no_children) {
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
@@ -452,8 +463,12 @@ impl EventLoop {
 
     fn on_signal(&mut self, s: signals::Received) {
         let sig = s.signo;
-        if sig == libc::SIGCHLD || !signals::is_forwardable(sig) {
-            return; // SIGCHLD: the reap at the top of the loop handles it.
+        if sig == libc::SIGCHLD {
+            self.reap_due = true;
+            return;
+        }
+        if !signals::is_forwardable(sig) {
+            return;
         }
         // Without our own process group the terminal's signals (Ctrl-C, sent by the kernel to the whole
         // foreground group) already reached the app; forwarding would deliver them twice.
@@ -607,6 +622,7 @@ impl EventLoop {
             Ok(pid) => {
                 log::info!("started {} as pid {pid}", self.app_path.display());
                 self.children.insert(pid, Owner::App);
+                self.no_children = false;
                 self.app_pid = Some(pid);
                 self.app_started = Some(Instant::now());
                 self.state = AppState::Running;
@@ -804,6 +820,7 @@ impl EventLoop {
                         app_pid: self.app_pid,
                     },
                 );
+                self.no_children = false;
             }
             Err(e) => {
                 self.send_health(
@@ -861,6 +878,7 @@ impl EventLoop {
                         timed_out: false,
                     },
                 );
+                self.no_children = false;
             }
             Err(e) => self.on_hook_failed(kind, &format!("could not start: {e}"), e.exit_code()),
         }

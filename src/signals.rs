@@ -168,6 +168,11 @@ impl Signals {
                     code: info.ssi_code,
                 });
             }
+            if n < buf.len() {
+                // A short read emptied the queue: skip the extra read(2) that would only say EAGAIN (this
+                // is the signal-forwarding path; a signal arriving now wakes the next poll).
+                return out;
+            }
         }
     }
 }
