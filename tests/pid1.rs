@@ -141,20 +141,20 @@ fn orphans_of_an_nsenter_session_are_reaped() {
         &[],
     );
     wait_ready(&f);
-    // The subshells exit at once; their `sleep`s are orphaned into the namespace, i.e. to PID 1.
-    let st = p
-        .nsenter()
-        .args(["sh", "-c", "(sleep 1 &); (sleep 1 &); (sleep 1 &)"])
-        .status()
-        .unwrap();
+    // The outer subshells exit at once; the inner loops are orphaned into the namespace, i.e. to PID 1,
+    // and wait for a go file so the test sees them alive before they exit.
+    let go = d.join("go");
+    let orphan = format!("while [ ! -e {} ]; do sleep 0.01; done", go.display());
+    let script = format!("({orphan} &); ({orphan} &); ({orphan} &)");
+    let st = p.nsenter().args(["sh", "-c", &script]).status().unwrap();
     assert!(st.success());
-    // The orphans are alive in the namespace now (parented to PID 1) and must vanish, not turn zombie.
-    let orphans = p
-        .processes()
-        .iter()
-        .filter(|(_, _, c)| c == "sleep")
-        .count();
-    assert_eq!(orphans, 3, "{:?}", p.processes());
+    let alive = wait_for(T, || {
+        let n = p.processes().iter().filter(|(_, _, c)| c == "sh").count();
+        (n == 3).then_some(())
+    });
+    assert!(alive.is_some(), "orphans not seen: {:?}", p.processes());
+    std::fs::write(&go, "").unwrap();
+    // They must vanish, not turn zombie.
     let settled = wait_for(T, || (p.processes().len() == 2).then_some(()));
     assert!(
         settled.is_some(),
