@@ -899,6 +899,11 @@ impl EventLoop {
     }
 
     fn on_hook_failed(&mut self, kind: HookKind, what: &str, code: i32) {
+        if kind == HookKind::PreStart && self.final_status.is_some() {
+            // Ended by our own sweep: a stop request arrived while the hook ran; the exit is under way.
+            log::info!("pre-start hook ended by the stop request ({what})");
+            return;
+        }
         eprintln!("microinit: {} hook failed: {what}", kind.name());
         if kind == HookKind::PreStart {
             // A failed pre-start means the app's preconditions do not hold: do not start it.

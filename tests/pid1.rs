@@ -608,3 +608,38 @@ fn app_gets_the_mask_and_dispositions_microinit_was_started_with() {
     // microinit blocks everything and Rust's runtime ignores SIGPIPE inside it: the app sees neither.
     assert_eq!(status_of(true), direct);
 }
+
+#[test]
+fn sigterm_during_the_pre_start_hook_exits_without_starting_the_app() {
+    let d = tempdir("prestart-term");
+    let app_ran = d.join("app");
+    let p = Pid1::start(
+        &[
+            "--pre-start",
+            "exec sleep 30",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}", app_ran.display()),
+        ],
+        &[],
+    );
+    let hook_running = wait_for(T, || {
+        p.processes()
+            .iter()
+            .any(|(_, _, c)| c == "sleep")
+            .then_some(())
+    });
+    assert!(hook_running.is_some(), "{:?}", p.processes());
+    p.signal(libc::SIGTERM);
+    let (st, err) = p.wait(T);
+    assert_eq!(exit_code(st), 128 + libc::SIGTERM, "{err}");
+    assert!(
+        !app_ran.exists(),
+        "the app must not start after a stop request"
+    );
+    assert!(
+        !err.contains("hook failed"),
+        "our own sweep is not a hook failure: {err}"
+    );
+}

@@ -105,6 +105,10 @@ impl Pid1 {
     }
 
     pub fn spawn(mut cmd: Command) -> Pid1 {
+        // A private control socket: the default /run/microinit.sock is shared by every test on the host.
+        if !cmd.get_envs().any(|(k, _)| k == "MICROINIT_SOCKET") {
+            cmd.env("MICROINIT_SOCKET", tempdir("ctl").join("microinit.sock"));
+        }
         let mut child = cmd.stderr(Stdio::piped()).spawn().expect("unshare");
         let upid = child.id();
         // 0 when microinit already exited (a fast app): nothing left to signal.
