@@ -3,12 +3,30 @@
 mod common;
 
 use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 const T: Duration = Duration::from_secs(20);
+
+/// `init [INIT_ARGS] -- sigrec FILE [REC_ARGS]` as PID 1, once the recorder is ready.
+fn recorder_under(init: &Path, init_args: &[&str], rec_args: &[&str]) -> (Pid1, PathBuf) {
+    let f = tempdir("rec").join("sig");
+    let rec = helper("sigrec");
+    let mut args = init_args.to_vec();
+    args.extend(["--", rec.to_str().unwrap(), f.to_str().unwrap()]);
+    args.extend(rec_args);
+    let p = Pid1::start_with(init, &args, &[]);
+    wait_ready(&f);
+    (p, f)
+}
+
+/// microinit [INIT_ARGS] -- sigrec FILE [REC_ARGS] as PID 1.
+fn recorder(init_args: &[&str], rec_args: &[&str]) -> (Pid1, PathBuf) {
+    recorder_under(&bin(), init_args, rec_args)
+}
 
 /// Send `sig` to PID 1 and wait until the app recorded `expect` (as the n-th signal).
 fn send_and_await(p: &Pid1, file: &std::path::Path, sig: i32, expect: i32) {
@@ -28,17 +46,7 @@ fn send_and_await(p: &Pid1, file: &std::path::Path, sig: i32, expect: i32) {
 
 #[test]
 fn every_forwardable_signal_arrives_exactly_once() {
-    let d = tempdir("fwd");
-    let f = d.join("sig");
-    let p = Pid1::start(
-        &[
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-        ],
-        &[],
-    );
-    wait_ready(&f);
+    let (p, f) = recorder(&[], &[]);
     let mut sent = Vec::new();
     // 1-64: 34 is glibc's SIGRTMIN, and musl (which microinit is built with) reserves 32-34 for itself, so
     // this proves microinit forwards them anyway. 32 and 33 are skipped only because this glibc helper's
@@ -101,19 +109,7 @@ fn exit_codes() {
 
 #[test]
 fn two_thousand_orphans_are_reaped() {
-    let d = tempdir("orphans");
-    let f = d.join("sig");
-    let p = Pid1::start(
-        &[
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-            "--orphans",
-            "2000",
-        ],
-        &[],
-    );
-    wait_ready(&f);
+    let (p, _) = recorder(&[], &["--orphans", "2000"]);
     // Once the app is ready all 2000 grandchildren were created; none may stay a zombie.
     let settled = wait_for(T, || {
         let ps = p.processes();
@@ -130,20 +126,10 @@ fn two_thousand_orphans_are_reaped() {
 
 #[test]
 fn orphans_of_an_nsenter_session_are_reaped() {
-    let d = tempdir("nsenter");
-    let f = d.join("sig");
-    let p = Pid1::start(
-        &[
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-        ],
-        &[],
-    );
-    wait_ready(&f);
+    let (p, _) = recorder(&[], &[]);
     // The outer subshells exit at once; the inner loops are orphaned into the namespace, i.e. to PID 1,
     // and wait for a go file so the test sees them alive before they exit.
-    let go = d.join("go");
+    let go = tempdir("nsenter").join("go");
     let orphan = format!("while [ ! -e {} ]; do sleep 0.01; done", go.display());
     let script = format!("({orphan} &); ({orphan} &); ({orphan} &)");
     let st = p.nsenter().args(["sh", "-c", &script]).status().unwrap();
@@ -210,21 +196,7 @@ fn group_flag_reaches_grandchildren_default_does_not() {
 
 #[test]
 fn rewrite_and_drop() {
-    let d = tempdir("rewrite");
-    let f = d.join("sig");
-    let p = Pid1::start(
-        &[
-            "--rewrite",
-            "USR1:USR2",
-            "-r",
-            "HUP:0",
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-        ],
-        &[],
-    );
-    wait_ready(&f);
+    let (p, f) = recorder(&["--rewrite", "USR1:USR2", "-r", "HUP:0"], &[]);
     send_and_await(&p, &f, libc::SIGUSR1, libc::SIGUSR2);
     // HUP sorts before QUIT: had it been forwarded it would be recorded first.
     p.signal(libc::SIGHUP);
@@ -236,20 +208,7 @@ fn rewrite_and_drop() {
 
 #[test]
 fn grace_kills_a_term_ignoring_app() {
-    let d = tempdir("grace");
-    let f = d.join("sig");
-    let p = Pid1::start(
-        &[
-            "--grace",
-            "300ms",
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-            "--ignore-term",
-        ],
-        &[],
-    );
-    wait_ready(&f);
+    let (p, f) = recorder(&["--grace", "300ms"], &["--ignore-term"]);
     p.signal(libc::SIGTERM);
     let (st, err) = p.wait(T);
     assert_eq!(exit_code(st), 128 + libc::SIGKILL, "{err}");
@@ -384,20 +343,7 @@ fn tini_dialect() {
         .status()
         .unwrap();
     assert_eq!(st.code(), Some(0));
-    let d = tempdir("tini-g");
-    let f = d.join("sig");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(&tini)
-        .args([
-            "-g",
-            "-w",
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-        ]);
-    let p = Pid1::spawn(cmd);
-    wait_ready(&f);
+    let (p, f) = recorder_under(&tini, &["-g", "-w"], &[]);
     send_and_await(&p, &f, libc::SIGHUP, libc::SIGHUP);
     p.signal(libc::SIGTERM);
     assert_eq!(exit_code(p.wait(T).0), 0);
@@ -406,20 +352,7 @@ fn tini_dialect() {
 #[test]
 fn dumb_init_dialect() {
     let di = dialect_link("dumb-init");
-    let d = tempdir("di");
-    let f = d.join("sig");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(&di)
-        .args([
-            "-r",
-            "10:12",
-            "--",
-            helper("sigrec").to_str().unwrap(),
-            f.to_str().unwrap(),
-        ]);
-    let p = Pid1::spawn(cmd);
-    wait_ready(&f);
+    let (p, f) = recorder_under(&di, &["-r", "10:12"], &[]);
     send_and_await(&p, &f, libc::SIGUSR1, libc::SIGUSR2);
     p.signal(libc::SIGTERM);
     assert_eq!(exit_code(p.wait(T).0), 0);

@@ -93,9 +93,14 @@ pub struct Pid1 {
 
 impl Pid1 {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Pid1 {
+        Pid1::start_with(&bin(), args, env)
+    }
+
+    /// `init ARGS` as PID 1: microinit under another name (tini, dumb-init links).
+    pub fn start_with(init: &Path, args: &[&str], env: &[(&str, &str)]) -> Pid1 {
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(bin())
+            .arg(init)
             .args(args);
         for (k, v) in env {
             cmd.env(k, v);
