@@ -1279,23 +1279,8 @@ mod tests {
     #[test]
     fn acl_token_file_works_and_missing_or_bad_token_is_clear() {
         let master = "b1gb0ss-master-token";
-        let hcl = format!(
-            r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" }} }}"#
-        );
-        let agent = DevAgent::start_with(&["-hcl", &hcl]);
-        let policy =
-            r#"{"Name": "acl-web-write", "Rules": "service \"acl-web\" { policy = \"write\" }"}"#;
-        let (st, body) = agent.request("PUT", "/v1/acl/policy", Some(master), Some(policy));
-        assert_eq!(st, 200, "create policy: {body}");
-        let (st, body) = agent.request(
-            "PUT",
-            "/v1/acl/token",
-            Some(master),
-            Some(r#"{"Policies": [{"Name": "acl-web-write"}]}"#),
-        );
-        assert_eq!(st, 200, "create token: {body}");
-        let token: Value = serde_json::from_str(&body).expect("token JSON");
-        let secret = token["SecretID"].as_str().expect("SecretID").to_string();
+        let agent = DevAgent::start_acl(master);
+        let secret = agent.write_token(master, "acl-web");
         let dir = std::env::temp_dir().join(format!("microinit-acl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let token_file = dir.join("token");

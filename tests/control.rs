@@ -684,24 +684,8 @@ fn pre_stop_runs_after_deregistration_and_before_the_signal() {
 #[test]
 fn status_reports_registration_and_never_the_token() {
     let master = "m4ster-t0ken-for-lifecycle";
-    let hcl = format!(
-        r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" }} }}"#
-    );
-    let agent = DevAgent::start_with(&["-hcl", &hcl]);
-    let policy = r#"{"Name": "tok-write", "Rules": "service \"tok\" { policy = \"write\" }"}"#;
-    let (st, body) = agent.request("PUT", "/v1/acl/policy", Some(master), Some(policy));
-    assert_eq!(st, 200, "create policy: {body}");
-    let (st, body) = agent.request(
-        "PUT",
-        "/v1/acl/token",
-        Some(master),
-        Some(r#"{"Policies": [{"Name": "tok-write"}]}"#),
-    );
-    assert_eq!(st, 200, "create token: {body}");
-    let secret = serde_json::from_str::<Value>(&body).unwrap()["SecretID"]
-        .as_str()
-        .expect("SecretID")
-        .to_string();
+    let agent = DevAgent::start_acl(master);
+    let secret = agent.write_token(master, "tok");
 
     // -vvv: even trace logging (HTTP requests included) must not show it.
     let mut args = consul_args(&agent, "tok");

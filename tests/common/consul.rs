@@ -116,6 +116,40 @@ impl DevAgent {
         Self::new(free_port(), false, extra)
     }
 
+    /// A dev agent with ACLs on, default deny, and `master` as its master token.
+    pub fn start_acl(master: &str) -> DevAgent {
+        let hcl = format!(
+            r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" }} }}"#
+        );
+        Self::start_with(&["-hcl", &hcl])
+    }
+
+    /// A new ACL token allowed exactly `service:write` on `service`; returns its secret.
+    pub fn write_token(&self, master: &str, service: &str) -> String {
+        let name = format!("{service}-write");
+        let policy = serde_json::json!({
+            "Name": name,
+            "Rules": format!("service \"{service}\" {{ policy = \"write\" }}"),
+        });
+        let (st, body) = self.request(
+            "PUT",
+            "/v1/acl/policy",
+            Some(master),
+            Some(&policy.to_string()),
+        );
+        assert_eq!(st, 200, "create policy: {body}");
+        let token = serde_json::json!({"Policies": [{"Name": name}]});
+        let (st, body) = self.request(
+            "PUT",
+            "/v1/acl/token",
+            Some(master),
+            Some(&token.to_string()),
+        );
+        assert_eq!(st, 200, "create token: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+        v["SecretID"].as_str().expect("SecretID").to_string()
+    }
+
     /// A dev agent whose HTTP API listens on `http_port` (for "agent down at start, then up").
     pub fn start_on(http_port: u16, extra: &[&str]) -> DevAgent {
         Self::new(http_port, true, extra)
