@@ -514,6 +514,11 @@ impl EventLoop {
         if self.final_status.is_some() {
             return; // already on the way out; the sweep is in charge.
         }
+        if self.stopping && self.app_pid.is_some() {
+            // Deregistered and forwarded once already: a repeated stop request goes straight through.
+            self.forward(signal);
+            return;
+        }
         self.stopping = true;
         self.state = AppState::Stopping;
         if self.app_pid.is_none() {
