@@ -253,6 +253,11 @@ impl EventLoop {
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
                 }
+                // Unlink the control socket (its Drop), then leave the rest to exit(2): freeing the heap
+                // first only makes musl's allocator munmap pages on the exit path, which as PID 1 the
+                // namespace teardown (and `docker stop`) waits for. No other field has an effect on Drop.
+                drop(self.control.take());
+                std::mem::forget(self);
                 return code;
             }
             if std::mem::take(&mut self.sweep_due) && !no_children {

@@ -24,7 +24,8 @@ use config::{Config, Isolation};
 
 fn main() {
     let code = run();
-    let _ = std::io::stdout().flush();
+    // No explicit stdout flush: process::exit flushes it (std's runtime cleanup), and flushing here first
+    // would set up stdout's buffer only to free it again on the exit path (an mmap/munmap pair with musl).
     std::process::exit(code);
 }
 
@@ -118,7 +119,8 @@ fn supervise(cfg: Config) -> i32 {
     let name = cfg.supervisor.command[0].clone();
     let path_var = std::env::var_os("PATH");
     let resolve = || which::resolve(&name, path_var.as_deref());
-    if let Err(e) = resolve() {
+    let first = resolve();
+    if let Err(e) = &first {
         // A dangling link is the runtime check's business (it names the volume and may wait for it);
         // anything else is a plain "not found" / "not executable".
         if !(cfg.runtime.enabled && e.is_dangling_link()) {
@@ -135,7 +137,13 @@ fn supervise(cfg: Config) -> i32 {
         }
         runtime_json = Some(report.to_json());
     }
-    let app_path = match resolve() {
+    // The runtime check may have waited for the volume, so look again; without it nothing changed since the
+    // first lookup, and walking PATH again would only repeat its stat(2) calls on the start-up path.
+    let app_path = match if cfg.runtime.enabled {
+        resolve()
+    } else {
+        first
+    } {
         Ok(p) => p,
         Err(e) => {
             eprintln!("microinit: {}", e.message(&name));
