@@ -192,6 +192,54 @@ impl ControlServer {
         })
     }
 
+    /// Have the kernel raise SIGIO (si_code POLL_IN, si_fd the listener) when a client connects, so that
+    /// the loop can sleep in read(2) on its signalfd while no client is connected (see `is_connect`).
+    /// Only for a process that blocks SIGIO: a default SIGIO would kill it.
+    pub fn signal_on_connect(&self) -> io::Result<()> {
+        // <fcntl.h>'s F_SETSIG (10 on every Linux architecture); the libc crate leaves it out for musl.
+        const F_SETSIG: libc::c_int = 10;
+        let fd = self.listener.as_raw_fd();
+        // SAFETY: fcntl on our own listening socket; results are checked.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0
+                && libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+                && libc::fcntl(fd, F_SETSIG, libc::SIGIO) == 0
+                && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) == 0
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// A client is waiting to be accepted (one that came before `signal_on_connect` raised no SIGIO).
+    pub fn connection_waiting(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut p, 1, 0) != 0 }
+    }
+
+    /// True for the SIGIO that `signal_on_connect` asked for (a positive si_code only comes from the
+    /// kernel, never from kill(2) or sigqueue(3), so a SIGIO sent to us is still forwarded).
+    pub fn is_connect(&self, s: &crate::signals::Received) -> bool {
+        s.signo == libc::SIGIO && s.code > 0 && s.fd == self.listener.as_raw_fd()
+    }
+
+    /// No client connected: the listener is all there is to wait for.
+    pub fn is_idle(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
     /// The fds to poll and for what: the listener (POLLIN) while there is room for a client, each client
     /// POLLIN while its request is read and POLLOUT while a reply that did not fit in one send is written.
     pub fn poll_fds(&self) -> Vec<(RawFd, PollFlags)> {

@@ -114,32 +114,65 @@ pub fn block_all() -> nix::Result<OriginalMask> {
     Ok(OriginalMask(*old.as_ref()))
 }
 
-/// The non-blocking signalfd over every signal.
+/// The non-blocking signalfd over every signal, and a blocking twin over the same queue.
 pub struct Signals {
     fd: OwnedFd,
+    /// Blocking: the idle loop sleeps in read(2) on it (`wait`) instead of poll(2) + read(2), which
+    /// costs a few µs on the signal-forwarding path (scripts/bench.sh).
+    wait_fd: OwnedFd,
+}
+
+/// signalfd4 over every signal.
+fn open_signalfd(flags: libc::c_int) -> nix::Result<OwnedFd> {
+    let set = every_signal();
+    // The raw syscall: musl's signalfd() wrapper drops 32-34 from the mask, so they would stay pending
+    // unread (and unforwarded) forever.
+    // SAFETY: set points to a valid sigset_t of at least 8 bytes; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            set.as_ref() as *const libc::sigset_t,
+            8usize,
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One read(2) of `fd` into `out`; true when it filled the buffer (more may be pending).
+fn read_records(fd: RawFd, out: &mut Vec<Received>) -> bool {
+    const SZ: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+    let mut buf = [0u8; SZ * 16];
+    let n = match nix::unistd::read(fd, &mut buf) {
+        Ok(n) if n >= SZ => n,
+        _ => return false, // EAGAIN: nothing more pending
+    };
+    for chunk in buf[..n].chunks_exact(SZ) {
+        // SAFETY: the kernel wrote whole signalfd_siginfo records; read_unaligned copes with the byte
+        // buffer's alignment.
+        let info: libc::signalfd_siginfo =
+            unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
+        out.push(Received {
+            signo: info.ssi_signo as i32,
+            code: info.ssi_code,
+            fd: info.ssi_fd,
+        });
+    }
+    // A short read emptied the queue: skip the extra read(2) that would only say EAGAIN (this is the
+    // signal-forwarding path; a signal arriving now wakes the next wait).
+    n == buf.len()
 }
 
 impl Signals {
     pub fn open() -> nix::Result<Signals> {
-        let set = every_signal();
-        // The raw syscall: musl's signalfd() wrapper drops 32-34 from the mask, so they would stay pending
-        // unread (and unforwarded) forever.
-        // SAFETY: set points to a valid sigset_t of at least 8 bytes; the result is checked.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_signalfd4,
-                -1,
-                set.as_ref() as *const libc::sigset_t,
-                8usize,
-                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(nix::errno::Errno::last());
-        }
-        // SAFETY: a fresh fd we own.
         Ok(Signals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            fd: open_signalfd(libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)?,
+            wait_fd: open_signalfd(libc::SFD_CLOEXEC)?,
         })
     }
 
@@ -151,29 +184,17 @@ impl Signals {
     /// (one pending instance each); real-time signals queue, so each arrives here once per send.
     pub fn drain(&mut self) -> Vec<Received> {
         let mut out = Vec::new();
-        const SZ: usize = std::mem::size_of::<libc::signalfd_siginfo>();
-        let mut buf = [0u8; SZ * 16];
-        loop {
-            let n = match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
-                Ok(n) if n >= SZ => n,
-                _ => return out, // EAGAIN: nothing more pending
-            };
-            for chunk in buf[..n].chunks_exact(SZ) {
-                // SAFETY: the kernel wrote whole signalfd_siginfo records; read_unaligned copes with the
-                // byte buffer's alignment.
-                let info: libc::signalfd_siginfo =
-                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
-                out.push(Received {
-                    signo: info.ssi_signo as i32,
-                    code: info.ssi_code,
-                });
-            }
-            if n < buf.len() {
-                // A short read emptied the queue: skip the extra read(2) that would only say EAGAIN (this
-                // is the signal-forwarding path; a signal arriving now wakes the next poll).
-                return out;
-            }
+        while read_records(self.fd.as_raw_fd(), &mut out) {}
+        out
+    }
+
+    /// Like `drain`, but first sleeps until at least one signal is pending.
+    pub fn wait(&mut self) -> Vec<Received> {
+        let mut out = Vec::new();
+        if read_records(self.wait_fd.as_raw_fd(), &mut out) {
+            while read_records(self.fd.as_raw_fd(), &mut out) {}
         }
+        out
     }
 }
 
@@ -182,6 +203,8 @@ pub struct Received {
     pub signo: i32,
     /// si_code: SI_USER for kill(2), SI_KERNEL for terminal-generated signals, …
     pub code: i32,
+    /// si_fd: the fd behind a SIGIO the kernel raised for an O_ASYNC file.
+    pub fd: i32,
 }
 
 /// True for the signals that stop a process from a terminal (job control).

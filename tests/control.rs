@@ -244,6 +244,29 @@ fn signal_reaches_the_app_and_is_counted() {
     );
 }
 
+/// The idle loop learns of a control client through a kernel SIGIO on the listener: that one is ours, while
+/// a SIGIO sent to PID 1 is the app's like any other signal.
+#[test]
+fn a_client_raises_no_sigio_in_the_app_but_a_sent_sigio_is_forwarded() {
+    let dir = tempdir("sigio");
+    let marker = dir.join("io");
+    let script = format!(
+        "trap 'echo got >> {m}' IO; touch {m}.ready; while :; do sleep 0.05; done",
+        m = marker.display()
+    );
+    let pid1 = Container::start(&dir, &["--", "sh", "-c", &script], &[]);
+    wait_for(T, || dir.join("io.ready").exists().then_some(())).expect("the app's trap is set");
+    for _ in 0..3 {
+        assert_eq!(pid1.status()["app"]["state"], "running");
+    }
+    assert_eq!(pid1.status()["signals_forwarded"], 0, "{}", pid1.stderr());
+    assert!(!marker.exists(), "a control client raised SIGIO in the app");
+
+    pid1.p.signal(libc::SIGIO);
+    wait_for(T, || marker.exists().then_some(())).expect("the app's IO trap to run");
+    assert_eq!(pid1.status()["signals_forwarded"], 1);
+}
+
 #[test]
 fn restart_replaces_the_app_with_a_new_pid() {
     let pid1 = Container::start(&tempdir("restart"), &["--", "sleep", "1000"], &[]);
