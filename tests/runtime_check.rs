@@ -370,10 +370,9 @@ fn dangling_command_link() {
     assert_eq!(m["needed_by"], Value::Null);
 }
 
-#[test]
-fn missing_libstdcxx_is_named() {
-    // The seeds' case: the link is there, the volume lacks the library.
-    let img = Image::new("nolibstdcxx");
+/// The seeds' broken image: the app and its library links are there, the volume lacks libstdc++.
+fn image_without_libstdcxx(name: &str) -> Image {
+    let img = Image::new(name);
     img.glibc_links("app", APP_LIBS);
     img.fill_volume(
         "app",
@@ -381,6 +380,13 @@ fn missing_libstdcxx_is_named() {
         APP_LIBS,
         &["libstdc++.so.6"],
     );
+    img
+}
+
+#[test]
+fn missing_libstdcxx_is_named() {
+    // The seeds' case: the link is there, the volume lacks the library.
+    let img = image_without_libstdcxx("nolibstdcxx");
     let r = img.run(&["--", "app"]);
     assert_eq!(r.code, 127);
     assert_eq!(
@@ -844,14 +850,7 @@ fn unreadable_files_as_a_non_root_user() {
 
 #[test]
 fn json_report_of_a_broken_image_is_complete() {
-    let img = Image::new("json");
-    img.glibc_links("app", APP_LIBS);
-    img.fill_volume(
-        "app",
-        &programs().dir.join("app"),
-        APP_LIBS,
-        &["libstdc++.so.6"],
-    );
+    let img = image_without_libstdcxx("json");
     let (code, v) = img.check_json(&["--require", "/etc/app.conf", "app"]);
     assert_eq!(code, 127);
     assert_eq!(v["ok"], false);
