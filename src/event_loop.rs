@@ -408,9 +408,12 @@ impl EventLoop {
                 self.on_signal(s);
             }
         }
-        if let Some(mut c) = self.control.take().filter(|_| connected) {
-            // Poll next: a connection accept(2) had to leave queued (EMFILE) raises no second SIGIO.
-            self.read_wait_ok = false;
+        if !connected {
+            return;
+        }
+        // Poll next: a connection accept(2) had to leave queued (EMFILE) raises no second SIGIO.
+        self.read_wait_ok = false;
+        if let Some(mut c) = self.control.take() {
             let listener = c.listener_fd();
             c.on_ready(&[listener], Instant::now(), self);
             self.control = Some(c);
