@@ -7,8 +7,9 @@
 //! (`control`).
 //!
 //! Wakeups: the signalfd, the registration worker's eventfd, control sockets, the health command's output
-//! pipe, and the nearest timer. With no registration, no health command and no control client, the loop
-//! sleeps in poll() with no timeout: zero CPU while idle.
+//! pipe, and the nearest timer. With no registration, no health command, no control client and no timer,
+//! the loop sleeps in read(2) on the signalfd (a connecting control client raises SIGIO), else in poll():
+//! zero CPU while idle either way.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
