@@ -403,6 +403,11 @@ impl EventLoop {
     fn wait_in_read(&mut self) {
         let mut connected = false;
         for s in self.signals.wait() {
+            if s.signo == libc::SIGIO {
+                // SIGIO is a standard signal: one sent with kill(2) and a connection's can coalesce into
+                // one, hiding the connection. Poll next time so the listener is looked at either way.
+                self.read_wait_ok = false;
+            }
             if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
                 connected = true;
             } else {
