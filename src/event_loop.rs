@@ -27,8 +27,10 @@ use crate::supervisor::{self, SpawnSpec};
 
 mod control_handler;
 
-/// How long a deregistration may hold up a stop: the worker's own HTTP bound plus a margin.
-const DEREGISTER_BOUND: Duration = Duration::from_millis(2500);
+/// How long a deregistration may hold up a stop: the worker's own bound (it answers by then, even for a
+/// black-holed agent) plus a margin in case the worker itself is stuck.
+const DEREGISTER_BOUND: Duration =
+    registration::DEREGISTER_BOUND.saturating_add(Duration::from_millis(500));
 /// After the final SIGKILL: how long to wait for the kernel to let the last processes go (D state).
 const KILL_SETTLE: Duration = Duration::from_secs(2);
 const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(500);
