@@ -428,39 +428,46 @@ impl EventLoop {
         }
     }
 
+    /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
     fn next_deadline(&self) -> Option<Instant> {
-        let mut all = vec![self.kill_app_at, self.respawn_at, self.deregistering_until];
-        all.push(self.sweep.map(|(kill, give_up)| {
+        let sweep = self.sweep.map(|(kill, give_up)| {
             if self.sweep_started && Instant::now() >= kill {
                 give_up
             } else {
                 kill
             }
-        }));
-        if let Some(p) = &self.pending_forward {
-            all.push(p.deregister_until);
-            all.push(p.not_before);
-        }
-        if let Some(h) = &self.health {
-            all.push(h.next);
-        }
-        all.push(self.control.as_ref().and_then(ControlServer::deadline));
-        for owner in self.children.values() {
-            match owner {
-                Owner::Health {
-                    deadline,
-                    timed_out: false,
-                    ..
-                }
-                | Owner::Hook {
-                    deadline,
-                    timed_out: false,
-                    ..
-                } => all.push(Some(*deadline)),
-                _ => {}
+        });
+        let (deregister, drain) = self
+            .pending_forward
+            .as_ref()
+            .map_or((None, None), |p| (p.deregister_until, p.not_before));
+        let child_deadlines = self.children.values().filter_map(|owner| match owner {
+            Owner::Health {
+                deadline,
+                timed_out: false,
+                ..
             }
-        }
-        all.into_iter().flatten().min()
+            | Owner::Hook {
+                deadline,
+                timed_out: false,
+                ..
+            } => Some(*deadline),
+            _ => None,
+        });
+        [
+            self.kill_app_at,
+            self.respawn_at,
+            self.deregistering_until,
+            sweep,
+            deregister,
+            drain,
+            self.health.as_ref().and_then(|h| h.next),
+            self.control.as_ref().and_then(ControlServer::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(child_deadlines)
+        .min()
     }
 
     // ---- timers ----------------------------------------------------------------------------------
