@@ -48,7 +48,7 @@ cargo test --locked
 
 step "cargo test --features https (Consul over TLS; the https binary as PID 1)"
 MICROINIT_BIN=$MICROINIT_HTTPS_BIN cargo test --locked --features https --test consul
-cargo test --locked --features https --bin microinit -- registration:: consul::
+cargo test --locked --features https --lib -- consul::
 
 if [ -z "${SKIP_E2E:-}" ]; then
     step "Docker end-to-end (scripts/e2e-docker.sh)"

@@ -2,25 +2,13 @@
 //!
 //! main.rs only wires the stages: cli/env → Config → RuntimeCheck → spawn → EventLoop → exit status.
 
-mod cli;
-mod config;
-mod consul;
-mod control;
-mod control_client;
-mod elf;
-mod event_loop;
-mod exit_status;
-mod reaper;
-mod registration;
-mod runtime_check;
-mod signals;
-mod supervisor;
-mod which;
-
 use std::io::Write;
 
-use cli::{Action, UsageError};
-use config::{Config, Isolation};
+use microinit::cli::{self, Action, UsageError};
+use microinit::config::{self, Config, Isolation};
+use microinit::control::client as control_client;
+use microinit::init::{event_loop, signals, spawn};
+use microinit::runtime_check::{self, which};
 
 fn main() {
     let code = run();
@@ -107,7 +95,7 @@ fn supervise(cfg: Config) -> i32 {
             return 125;
         }
     };
-    if cfg.supervisor.isolation == Isolation::Session && supervisor::stdin_is_tty() {
+    if cfg.supervisor.isolation == Isolation::Session && spawn::stdin_is_tty() {
         // Give up our controlling terminal so the app's new session can take it (dumb-init does the same).
         // If we led the terminal's session, the kernel now sends SIGHUP and SIGCONT to our group: they are
         // blocked, and dropped right here since they are not meant for the app.

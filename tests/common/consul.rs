@@ -1,7 +1,7 @@
 //! A real Consul dev agent on loopback for tests, and a tiny independent HTTP client to inspect it.
 //!
 //! std only, so it is shared by the integration tests (tests/consul.rs) and, via `#[path]`, by the unit
-//! tests of src/registration.rs. The consul binary: `CONSUL_BIN`, else scripts/install-consul.sh (cached).
+//! tests of src/consul/registration.rs. The consul binary: `CONSUL_BIN`, else scripts/install-consul.sh (cached).
 #![allow(dead_code)] // each includer uses a different subset
 
 use std::io::{Read, Write};

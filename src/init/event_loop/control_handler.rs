@@ -7,9 +7,9 @@
 use serde_json::{json, Value};
 
 use super::{AppState, EventLoop};
-use crate::control::ControlHandler;
-use crate::registration;
-use crate::signals::signal_name;
+use crate::consul::registration;
+use crate::control::server::ControlHandler;
+use crate::init::signals::signal_name;
 
 impl ControlHandler for EventLoop {
     fn status(&self) -> Value {

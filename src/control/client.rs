@@ -21,8 +21,8 @@ use nix::errno::Errno;
 use serde_json::Value;
 
 use crate::cli::ClientRequest;
-use crate::control::{connect_nonblocking, Request};
-use crate::signals::signal_name;
+use crate::control::server::{connect_nonblocking, Request};
+use crate::init::signals::signal_name;
 
 /// Exit codes of the client commands.
 pub const EXIT_OK: i32 = 0;
@@ -394,8 +394,8 @@ fn human_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::testing::{serve_until, Recorder, TempDir};
-    use crate::control::{ControlServer, Limits};
+    use crate::control::server::testing::{serve_until, Recorder, TempDir};
+    use crate::control::server::{ControlServer, Limits};
     use serde_json::json;
     use std::os::unix::net::UnixListener;
 

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::*;
-use crate::registration;
-use crate::signals::parse_signal;
+use crate::consul::registration;
+use crate::init::signals::parse_signal;
 
 /// What this invocation is asked to do.
 #[derive(Debug)]

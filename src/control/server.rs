@@ -26,7 +26,7 @@ use nix::sys::stat::{umask, Mode};
 use serde_json::{json, Value};
 
 use crate::config::ControlConfig;
-use crate::signals::parse_signal;
+use crate::init::signals::parse_signal;
 
 /// What the event loop does for each command. Called on the main thread, so it must not block.
 pub trait ControlHandler {
@@ -227,7 +227,7 @@ impl ControlServer {
 
     /// True for the SIGIO that `signal_on_connect` asked for (a positive si_code only comes from the
     /// kernel, never from kill(2) or sigqueue(3), so a SIGIO sent to us is still forwarded).
-    pub fn is_connect(&self, s: &crate::signals::Received) -> bool {
+    pub fn is_connect(&self, s: &crate::init::signals::Received) -> bool {
         s.signo == libc::SIGIO && s.code > 0 && s.fd == self.listener.as_raw_fd()
     }
 

@@ -59,7 +59,7 @@ impl std::fmt::Display for ExitStatus {
             ExitStatus::Signal(s) => write!(
                 f,
                 "killed by {} (status {})",
-                crate::signals::signal_name(*s),
+                crate::init::signals::signal_name(*s),
                 128 + s
             ),
         }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::config::Isolation;
-use crate::signals::OriginalMask;
+use crate::init::signals::OriginalMask;
 
 /// One child to start.
 pub struct SpawnSpec<'a> {
@@ -199,7 +199,7 @@ pub fn kill(pid: i32, sig: i32) {
     if r != 0 && Errno::last() != Errno::ESRCH {
         log::warn!(
             "kill({pid}, {}) failed: {}",
-            crate::signals::signal_name(sig),
+            crate::init::signals::signal_name(sig),
             Errno::last().desc()
         );
     }

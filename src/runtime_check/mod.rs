@@ -12,6 +12,9 @@
 //! Every path is resolved inside `RuntimeCheckConfig::root` ("/" in production) with our own symlink walk, so
 //! a dangling link is reported with its target and the check behaves the same in a chroot as in the image.
 
+pub mod elf;
+pub mod which;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -26,8 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::RuntimeCheckConfig;
-use crate::elf::{self, Elf, Prefetched, SizedFile};
-use crate::which::{self, LookupError};
+use elf::{Elf, Prefetched, SizedFile};
+use which::LookupError;
 
 /// Linux follows at most this many symlinks in one lookup (MAXSYMLINKS) before ELOOP.
 const MAX_LINKS: usize = 40;
@@ -1393,8 +1396,8 @@ fn join_paths<'p>(paths: impl Iterator<Item = &'p Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elf::tests::{build, Rng};
-    use crate::elf::Class;
+    use crate::runtime_check::elf::tests::{build, Rng};
+    use crate::runtime_check::elf::Class;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     /// A root filesystem in a temporary directory, checked in-process through `RuntimeCheckConfig::root`.

@@ -21,8 +21,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{json, Map, Value};
 
 use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
-pub use crate::consul::CheckStatus;
-use crate::consul::{Client, ErrorKind};
+pub use crate::consul::client::CheckStatus;
+use crate::consul::client::{Client, ErrorKind};
 
 /// A deregistration request is answered ([`Event::Deregistered`]) within this time after [`Registration::send`],
 /// even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
@@ -447,7 +447,7 @@ impl Worker {
         }
     }
 
-    fn apply_maintenance(&mut self) -> Result<(), crate::consul::Error> {
+    fn apply_maintenance(&mut self) -> Result<(), crate::consul::client::Error> {
         let (on, reason) = match &self.maintenance {
             Some(r) => (true, r.as_deref()),
             None => (false, None),
@@ -456,7 +456,7 @@ impl Worker {
     }
 
     /// A call failed: record, log once per distinct message, maybe Fatal, schedule a retry with backoff.
-    fn failed(&mut self, e: crate::consul::Error) {
+    fn failed(&mut self, e: crate::consul::client::Error) {
         if self.last_error.as_deref() != Some(e.message.as_str()) {
             match e.kind {
                 ErrorKind::Denied => log::error!("{e}"),
@@ -924,7 +924,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
 }
 
 #[cfg(test)]
-#[path = "../tests/common/consul.rs"]
+#[path = "../../tests/common/consul.rs"]
 mod dev_agent;
 
 #[cfg(test)]

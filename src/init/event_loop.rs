@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
-use crate::control::ControlServer;
-use crate::exit_status::ExitStatus;
-use crate::reaper;
-use crate::registration::{self, CheckStatus, Registration};
-use crate::signals::{self, signal_name, OriginalMask, Signals};
-use crate::supervisor::{self, SpawnSpec};
+use crate::consul::registration::{self, CheckStatus, Registration};
+use crate::control::server::ControlServer;
+use crate::init::exit_status::ExitStatus;
+use crate::init::reaper;
+use crate::init::signals::{self, signal_name, OriginalMask, Signals};
+use crate::init::spawn::{self, SpawnSpec};
 
 mod control_handler;
 
@@ -213,7 +213,7 @@ impl EventLoop {
             Dialect::Tini => "tini",
             Dialect::DumbInit => "dumb-init",
         };
-        let take_tty = cfg.supervisor.isolation != Isolation::None && supervisor::stdin_is_tty();
+        let take_tty = cfg.supervisor.isolation != Isolation::None && spawn::stdin_is_tty();
         Ok(EventLoop {
             mask: setup.mask,
             signals: setup.signals,
@@ -529,7 +529,7 @@ impl EventLoop {
             if !*timed_out && now >= deadline {
                 *timed_out = true;
                 log::warn!("{what} (pid {pid}) timed out; killing its process group");
-                supervisor::kill(-pid, libc::SIGKILL);
+                spawn::kill(-pid, libc::SIGKILL);
             }
         }
     }
@@ -557,7 +557,7 @@ impl EventLoop {
         if signals::is_tty_stop(sig) {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)
-            supervisor::kill(std::process::id() as i32, libc::SIGSTOP);
+            spawn::kill(std::process::id() as i32, libc::SIGSTOP);
         }
     }
 
@@ -685,7 +685,7 @@ impl EventLoop {
         if let Some(pid) = self.app_pid {
             // The app leads its own group unless isolation is None; only then is the group ours too.
             let group = self.cfg.signal_group && self.cfg.isolation != Isolation::None;
-            supervisor::kill(if group { -pid } else { pid }, sig);
+            spawn::kill(if group { -pid } else { pid }, sig);
         }
     }
 
@@ -701,7 +701,7 @@ impl EventLoop {
             output: None,
             mask: self.mask,
         };
-        match supervisor::spawn(&spec) {
+        match spawn::spawn(&spec) {
             Ok(pid) => {
                 log::info!("started {} as pid {pid}", self.app_path.display());
                 self.children.insert(pid, Owner::App);
@@ -804,11 +804,11 @@ impl EventLoop {
     fn signal_everything(&self, sig: i32) {
         if self.is_pid1 {
             // kill(-1) from PID 1 reaches every process of the namespace but PID 1 itself.
-            supervisor::kill(-1, sig);
+            spawn::kill(-1, sig);
         } else {
             // As a subreaper, kill(-1) would reach the whole host: only what was reparented to us.
-            for pid in supervisor::children_of(std::process::id() as i32) {
-                supervisor::kill(pid, sig);
+            for pid in spawn::children_of(std::process::id() as i32) {
+                spawn::kill(pid, sig);
             }
         }
     }
@@ -857,9 +857,9 @@ impl EventLoop {
 
     // ---- health command and hooks -----------------------------------------------------------------
 
-    fn shell_spawn(&self, cmd: &str, output: Option<RawFd>) -> Result<i32, supervisor::SpawnError> {
+    fn shell_spawn(&self, cmd: &str, output: Option<RawFd>) -> Result<i32, spawn::SpawnError> {
         let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
-        supervisor::spawn(&SpawnSpec {
+        spawn::spawn(&SpawnSpec {
             path: std::path::Path::new("/bin/sh"),
             argv: &argv,
             // Own group: a timeout kills the command and whatever it started.

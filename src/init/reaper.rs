@@ -5,7 +5,7 @@
 
 use nix::errno::Errno;
 
-use crate::exit_status::ExitStatus;
+use crate::init::exit_status::ExitStatus;
 
 /// What one drain found.
 pub struct Drain {
