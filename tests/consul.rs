@@ -41,6 +41,7 @@ fn scratch(name: &str) -> PathBuf {
 /// On SIGTERM it asks the agent for its own service and writes the HTTP status line to DIR/on_sigterm.
 const APP: &str = r#"
 dir=$1 port=$2 id=$3
+printf %s "${MICROINIT_SERVICE_ID:-}" > "$dir/service_id"
 trap 'exec 3<>/dev/tcp/127.0.0.1/$port
       printf "GET /v1/agent/service/%s HTTP/1.0\r\n\r\n" "$id" >&3
       head -n1 <&3 | tr -d "\r" > "$dir/on_sigterm.tmp" && mv "$dir/on_sigterm.tmp" "$dir/on_sigterm"
@@ -315,6 +316,15 @@ fn two_replicas_with_one_hostname_and_different_ports_are_two_instances() {
     wait_until("both replicas passing", SOON, || {
         agent.passing_instances("it-replica") == 2
     });
+    // Each app is told its own ID, the one it is registered under.
+    let ids: Vec<String> = runs
+        .iter()
+        .map(|r| std::fs::read_to_string(r.dir.join("service_id")).unwrap_or_default())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        assert!(agent.service(id, None).is_some(), "{id:?} not registered");
+    }
     let mut runs = runs.into_iter();
     let first = runs.next().expect("first replica");
     first.stop_app();
@@ -443,7 +453,8 @@ fn read_request(c: &mut std::net::TcpStream) -> Vec<u8> {
 /// The request with `Connection: close`, so the agent ends the answer by closing.
 fn with_close(req: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(req);
-    text.replacen("\r\n", "\r\nConnection: close\r\n", 1).into_bytes()
+    text.replacen("\r\n", "\r\nConnection: close\r\n", 1)
+        .into_bytes()
 }
 
 #[test]
@@ -536,9 +547,7 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
                 .args(["--no-runtime-check", "--", "sleep", "1000"])
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
-                .stderr(
-                    std::fs::File::create(dir.join(format!("stderr-{i}"))).expect("stderr log"),
-                )
+                .stderr(std::fs::File::create(dir.join(format!("stderr-{i}"))).expect("stderr log"))
                 .spawn()
                 .expect("spawn microinit")
         })

@@ -21,14 +21,23 @@ const RTF_UP: u32 = 0x1;
 /// route's interface, else the first non-loopback one. `Ok(None)` when the container has no IPv4 at all.
 pub fn select(interface: Option<&str>) -> Result<Option<String>, String> {
     let addrs = ipv4_interfaces();
-    let of = |name: &str| addrs.iter().find(|(n, _)| n == name).map(|(_, a)| a.to_string());
+    let of = |name: &str| {
+        addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.to_string())
+    };
     if let Some(name) = interface {
         return of(name).map(Some).ok_or_else(|| {
             let known: Vec<&str> = addrs.iter().map(|(n, _)| n.as_str()).collect();
             format!(
                 "MICROINIT_SERVICE_INTERFACE={name}: no IPv4 address on an interface of that name \
                  (interfaces with one: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             )
         });
     }
@@ -111,7 +120,8 @@ mod tests {
     fn the_default_route_decides_not_the_interface_order() {
         // eth0 is listed first but the default route goes through eth1 (the network the container was
         // created on); a second default route with a higher metric loses.
-        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let route =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                      eth0\t0000120A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
                      eth2\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                      eth1\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
@@ -147,7 +157,10 @@ mod tests {
             tagged(k, "[2001:db8::1]:443", None),
             Ok(json!({"Address": "2001:db8::1", "Port": 443}))
         );
-        assert_eq!(tagged(k, "host.lan", None), Ok(json!({"Address": "host.lan"})));
+        assert_eq!(
+            tagged(k, "host.lan", None),
+            Ok(json!({"Address": "host.lan"}))
+        );
         for bad in ["", ":80", "h:0", "h:port", "[::1", "[::1]x"] {
             assert!(tagged(k, bad, None).is_err(), "{bad:?}");
         }

@@ -41,6 +41,15 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Tell the app (and the hooks and health command, which inherit PID 1's environment) the service ID it
+/// is registered under, in `MICROINIT_SERVICE_ID`: the default ID is computed, and an app that looks
+/// itself up in Consul must do so by ID (the name is shared by every replica). Call on PID 1's main thread
+/// before any other thread exists: setenv is not thread-safe.
+pub fn export_service_id(cfg: &ConsulConfig) {
+    let (_, id, _) = service_definition(cfg);
+    std::env::set_var("MICROINIT_SERVICE_ID", id);
+}
+
 /// What the main loop tells the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -475,7 +484,11 @@ impl Worker {
                 self.id,
                 human(deregister_after),
                 self.check.1,
-                if self.app_up { "is ready" } else { "starts again" }
+                if self.app_up {
+                    "is ready"
+                } else {
+                    "starts again"
+                }
             );
             return;
         }
@@ -618,10 +631,7 @@ impl Worker {
                         ),
                         _ => "the agent refused the deregistration".to_string(),
                     };
-                    log::warn!(
-                        "consul: {what}: {e}; {}",
-                        self.what_consul_does_now()
-                    );
+                    log::warn!("consul: {what}: {e}; {}", self.what_consul_does_now());
                     self.last_error = Some(e.message);
                 }
             }
@@ -974,7 +984,9 @@ fn fill_file_defaults(opts: &Options, definition: &mut Value) -> Result<(), Stri
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok());
     if get_ci(obj, "id").is_none() {
-        let name = get_ci(obj, "name").and_then(Value::as_str).unwrap_or_default();
+        let name = get_ci(obj, "name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let id = default_id(name, port)?;
         obj.insert("ID".into(), json!(id));
     }
@@ -1422,7 +1434,10 @@ mod tests {
         let def = parse(&[("MICROINIT_SERVICE_ADDRESS", "10.0.0.1")]);
         let obj = def.as_object().expect("object");
         assert_eq!(
-            (def["ID"].as_str(), get_ci(obj, "address").and_then(Value::as_str)),
+            (
+                def["ID"].as_str(),
+                get_ci(obj, "address").and_then(Value::as_str)
+            ),
             (Some("mine"), Some("10.9.9.9"))
         );
         let _ = std::fs::remove_dir_all(&dir);
