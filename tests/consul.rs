@@ -111,6 +111,15 @@ impl Run {
         pid
     }
 
+    /// SIGTERM to microinit (what `docker stop` sends).
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.microinit_pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to microinit");
+    }
+
     fn wait(mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
@@ -201,12 +210,7 @@ fn sigterm_deregisters_before_the_app_gets_it() {
         &[],
     );
     wait_until("it-term passing", SOON, || passing(&agent, "it-term"));
-    let pid = run.microinit_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM to microinit");
+    run.sigterm();
     let st = run.wait(SOON);
     assert_eq!(st.code(), Some(0), "the app's trap exits 0");
     let seen =
@@ -472,12 +476,7 @@ fn a_registration_replayed_after_the_deregistration_never_shows_passing() {
     wait_until("a registration given up on", SOON, || {
         run.log().contains("/v1/agent/service/register")
     });
-    let pid = run.microinit_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM to microinit");
+    run.sigterm();
     assert_eq!(run.wait(SOON).code(), Some(0));
     // The agent executes the registrations microinit gave up on, after the deregistration.
     assert!(proxy.replay(&agent.addr()) > 0, "nothing to replay");
@@ -511,12 +510,7 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
     );
     wait_until("it-missed passing", SOON, || passing(&agent, "it-missed"));
     agent.signal(nix::sys::signal::Signal::SIGSTOP);
-    let pid = run.microinit_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM to microinit");
+    run.sigterm();
     let log_dir = run.dir.clone();
     run.wait(SOON);
     agent.signal(nix::sys::signal::Signal::SIGCONT);
