@@ -270,7 +270,7 @@ mod tests {
     use crate::config::policy::{PdeathsigTarget, Subreaper};
     use std::time::Duration;
 
-    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Action, UsageError> {
+    pub(super) fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Action, UsageError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -282,7 +282,7 @@ mod tests {
         })
     }
 
-    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+    pub(super) fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
         match run(args, env) {
             Ok(Action::Run(c)) => *c,
             other => panic!("not a run: {other:?}"),
@@ -419,23 +419,9 @@ mod tests {
 
 #[cfg(test)]
 mod dialect_tests {
+    use super::tests::{config, run};
     use super::*;
     use crate::config::policy::{EndOfLife, Subreaper};
-
-    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Action, UsageError> {
-        parse(args.iter().map(OsString::from).collect(), &|k| {
-            env.iter()
-                .find(|(kk, _)| *kk == k)
-                .map(|(_, v)| OsString::from(v))
-        })
-    }
-
-    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
-        match run(args, env) {
-            Ok(Action::Run(c)) => *c,
-            other => panic!("not a run: {other:?}"),
-        }
-    }
 
     #[test]
     fn tini_and_dumb_init_option_errors_exit_1_and_microinit_ones_exit_2() {
