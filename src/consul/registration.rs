@@ -234,7 +234,8 @@ struct Worker {
     /// (DeregisterCriticalServiceAfter) apart from an agent that forgot the service.
     critical_since: Option<Instant>,
     /// Consul removed the service after it stayed critical for deregister-after, as we asked it to: it is
-    /// registered again when the app starts again or becomes ready, never in a loop while it stays down.
+    /// registered again once the check is no longer critical (the app is ready), never in a loop while the
+    /// app stays down or crash-loops through its restarts.
     removed_by_consul: bool,
     /// A registration request left this process (even one that timed out: the agent may still execute it).
     register_sent: bool,
@@ -285,9 +286,6 @@ impl Worker {
                 }
                 self.phase = Phase::Active;
                 self.app_up = true;
-                // A new app process: if Consul reaped the service while the previous one was down, this is
-                // the moment to be listed again (critical until ready).
-                self.removed_by_consul = false;
                 self.ready = self.cfg.readiness == Readiness::Immediate;
                 let check = if self.ready {
                     self.last_health.clone().unwrap_or((
@@ -480,15 +478,10 @@ impl Worker {
             self.heartbeat_due = None;
             log::warn!(
                 "consul: Consul removed service {:?} after its check stayed critical for {} \
-                 (--deregister-after) because {}; it is registered again when the app {}",
+                 (--deregister-after) because {:?}; it is registered again once the app is ready",
                 self.id,
                 human(deregister_after),
                 self.check.1,
-                if self.app_up {
-                    "is ready"
-                } else {
-                    "starts again"
-                }
             );
             return;
         }
