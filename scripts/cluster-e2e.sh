@@ -307,6 +307,25 @@ if [ "$mode" = long ]; then
     done
 fi
 
+# --- mass stop ------------------------------------------------------------------------------------------------
+say "mass stop: SIGTERM to all of host 1's instances at once"
+# shellcheck disable=SC2016
+h1_running=$(docker exec "$p-apps1" sh -c 'n=0; for f in /tmp/pid-*; do kill -0 "$(cat "$f")" 2>/dev/null && n=$((n + 1)); done; echo $n')
+missed0=$(docker exec "$p-apps1" sh -c 'cat /tmp/log-*' | grep -c "did not answer within the deregistration bound" || true)
+stop_instances 1 1 $((n + 10))
+# shellcheck disable=SC2016
+all_exited() { docker exec "$p-apps1" sh -c 'for f in /tmp/pid-*; do kill -0 "$(cat "$f")" 2>/dev/null && exit 1; done; exit 0'; }
+poll 30 all_exited || fail "mass stop: instances still running after 30 s"
+missed=$(($(docker exec "$p-apps1" sh -c 'cat /tmp/log-*' | grep -c "did not answer within the deregistration bound" || true) - missed0))
+figure mass_stop_deregistered_within_2s "$((h1_running - missed))/$h1_running"
+# What the agent never executed, Consul reaps after --deregister-after (1m) plus its 30 s reaper interval.
+if t=$(wait_converged 100); then
+    pass "mass stop of $h1_running: $missed missed the 2 s bound (each said so), 0 ghosts ${t}s later"
+else
+    fail "mass stop: $t"
+fi
+figure mass_stop_ghosts "$(ghosts)"
+
 say "took $((SECONDS - started)) s"
 if [ "$failures" -gt 0 ]; then
     say "$failures assertion(s) FAILED"
