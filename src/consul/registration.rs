@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
+use crate::control::status;
 
 /// A deregistration request is answered ([`Event::Deregistered`]) within this time after [`Registration::send`],
 /// even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
@@ -70,7 +71,7 @@ pub struct Registration {
     commands: Sender<(Instant, Command)>,
     events: Receiver<Event>,
     wake: Arc<EventFd>,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<Option<status::Consul>>>,
 }
 
 impl Registration {
@@ -84,7 +85,7 @@ impl Registration {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
         let (definition, id, name) = service_definition(&cfg);
-        let status = Arc::new(Mutex::new(Value::Null));
+        let status = Arc::new(Mutex::new(None));
         let worker = Worker {
             check_id: format!("microinit:{id}"),
             client,
@@ -148,8 +149,9 @@ impl Registration {
         self.events.try_iter().collect()
     }
 
-    /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error.
-    pub fn status_json(&self) -> Value {
+    /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error
+    /// (None only before the worker's first report, which `start` makes before it returns).
+    pub fn status(&self) -> Option<status::Consul> {
         self.status
             .lock()
             .map(|v| v.clone())
@@ -182,7 +184,7 @@ struct Worker {
     pending: VecDeque<(Instant, Command)>,
     events: Sender<Event>,
     wake: Arc<EventFd>,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<Option<status::Consul>>>,
     phase: Phase,
     ready: bool,
     /// Between `AppStarted` and `AppDown`: only then may a health result speak for the app.
@@ -554,24 +556,28 @@ impl Worker {
             Phase::Failed => "failed",
             Phase::Deregistered => "deregistered",
         };
-        let v = json!({
-            "agent": self.client.base_url(),
-            "service_id": self.id,
-            "service_name": self.name,
-            "check_id": self.check_id,
-            "service_file": match &self.cfg.service {
+        let v = Some(status::Consul {
+            agent: self.client.base_url().to_string(),
+            service_id: self.id.clone(),
+            service_name: self.name.clone(),
+            check_id: self.check_id.clone(),
+            service_file: match &self.cfg.service {
                 ServiceSource::File { path, .. } => Some(path.display().to_string()),
                 ServiceSource::Fields { .. } => None,
             },
-            "state": state,
-            "ready": self.ready,
-            "check": { "status": self.check.0.as_str(), "output": self.check.1 },
-            "last_heartbeat": self.last_heartbeat.as_ref().map(|(t, err)| json!({
-                "unix": t, "ok": err.is_none(), "error": err,
-            })),
-            "maintenance": self.maintenance.is_some(),
-            "maintenance_reason": self.maintenance.clone().flatten(),
-            "last_error": self.last_error,
+            state: state.into(),
+            ready: self.ready,
+            check_status: self.check.0.as_str().into(),
+            check_output: self.check.1.clone(),
+            last_heartbeat: self
+                .last_heartbeat
+                .as_ref()
+                .map(|(unix, error)| status::Heartbeat {
+                    unix: *unix,
+                    error: error.clone(),
+                }),
+            maintenance: self.maintenance.clone(),
+            last_error: self.last_error.clone(),
         });
         match self.status.lock() {
             Ok(mut s) => *s = v,
@@ -926,6 +932,14 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
 #[cfg(test)]
 #[path = "../../tests/common/consul.rs"]
 mod dev_agent;
+
+#[cfg(test)]
+impl Registration {
+    /// The status as `microinit status --json` shows it.
+    fn status_json(&self) -> Value {
+        self.status().map_or(Value::Null, |s| s.to_json())
+    }
+}
 
 #[cfg(test)]
 mod tests {
