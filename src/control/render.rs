@@ -229,7 +229,7 @@ fn human_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::status::tests::full_status;
+    use crate::control::status::tests::{full_status, minimal_status};
     use crate::control::status::Heartbeat;
 
     #[test]
@@ -287,14 +287,7 @@ mod tests {
 
     #[test]
     fn status_table_without_app_consul_or_runtime_check() {
-        let mut s = full_status();
-        s.app.pid = None;
-        s.app.command.clear();
-        s.app.uptime_s = None;
-        s.app.last_exit = Some(LastExit::Code(3));
-        s.runtime_check = None;
-        s.consul = None;
-        let table = render_status(&s, 0.0);
+        let table = render_status(&minimal_status(), 0.0);
         for expect in [
             "exit code 3, status 3",
             "consul             not registering",

@@ -408,6 +408,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// No app process, no Consul, no runtime check: every optional part absent.
+    pub(crate) fn minimal_status() -> Status {
+        let mut s = full_status();
+        s.app.pid = None;
+        s.app.command.clear();
+        s.app.uptime_s = None;
+        s.app.last_exit = Some(LastExit::Code(3));
+        s.runtime_check = None;
+        s.consul = None;
+        s
+    }
+
     #[test]
     fn a_full_document_survives_a_round_trip() {
         let s = full_status();
@@ -416,13 +428,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_minimal_document_survives_a_round_trip() {
-        let mut s = full_status();
-        s.app.pid = None;
-        s.app.command.clear();
-        s.app.uptime_s = None;
-        s.app.last_exit = Some(LastExit::Code(3));
-        s.runtime_check = None;
-        s.consul = None;
+        let s = minimal_status();
         assert_eq!(Status::from_json(&s.to_json()), Ok(s));
     }
 
