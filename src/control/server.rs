@@ -32,8 +32,11 @@ use crate::init::signals::Received;
 pub struct Limits {
     /// Longest request line in bytes (without the newline).
     pub max_request: usize,
-    /// From accept to the last byte of the reply, the loop's answer included.
+    /// From accept to the complete request, and from the loop's answer to its last byte sent.
     pub timeout: Duration,
+    /// From the complete request to the loop's answer (one that waits for Consul takes up to its HTTP
+    /// timeouts). Below the client's own 5 s, so that the client hears why.
+    pub answer_timeout: Duration,
     /// Clients served at once; further connections wait in the listen backlog.
     pub max_clients: usize,
     /// Connections accepted per wakeup, whether they stay or hang up at once: a process that connects and
@@ -46,6 +49,7 @@ impl Default for Limits {
         Limits {
             max_request: protocol::MAX_REQUEST,
             timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(4),
             max_clients: 8,
             accepts_per_wakeup: 8,
         }
@@ -257,6 +261,7 @@ impl ControlServer {
             reply: reply.to_line(),
             sent: 0,
         };
+        c.deadline = Instant::now() + self.limits.timeout;
         if c.write() == Next::Close {
             self.clients.swap_remove(i);
         }
@@ -264,7 +269,7 @@ impl ControlServer {
 
     /// Drop clients past their time limit, telling them why (best effort).
     pub fn expire(&mut self, now: Instant) {
-        let timeout = self.limits.timeout;
+        let (timeout, answer_timeout) = (self.limits.timeout, self.limits.answer_timeout);
         self.clients.retain(|c| {
             if c.deadline > now {
                 return true;
@@ -277,7 +282,11 @@ impl ControlServer {
                     return false;
                 }
             };
-            let msg = format!("timed out: {why} within {}ms", timeout.as_millis());
+            let limit = match c.phase {
+                Phase::Waiting => answer_timeout,
+                _ => timeout,
+            };
+            let msg = format!("timed out: {why} within {}ms", limit.as_millis());
             let _ = send_nonblocking(&c.stream, &Reply::Failed(msg).to_line());
             log::debug!("control socket: client timed out ({why})");
             false
@@ -370,6 +379,7 @@ impl Client {
                 Ok(Some(Ok(line))) => match Request::parse(&line) {
                     Ok(request) => {
                         self.phase = Phase::Waiting;
+                        self.deadline = Instant::now() + limits.answer_timeout;
                         incoming.push(Incoming {
                             client: self.id,
                             request,
@@ -748,7 +758,7 @@ mod tests {
     fn a_reply_can_come_later_and_a_client_past_its_time_limit_is_told() {
         let dir = TempDir::new("deferred");
         let limits = Limits {
-            timeout: Duration::from_millis(400),
+            answer_timeout: Duration::from_millis(400),
             ..Limits::default()
         };
         let mut server = ControlServer::bind_with(&dir.sock(), limits).expect("bind");

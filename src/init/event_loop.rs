@@ -11,7 +11,7 @@
 //! the loop sleeps in read(2) on the signalfd (a connecting control client raises SIGIO), else in poll():
 //! zero CPU while idle either way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
 use crate::consul::registration::{self, CheckStatus, Registration};
-use crate::control::server::ControlServer;
+use crate::control::server::{ClientId, ControlServer};
 use crate::control::status;
 use crate::init::exit_status::ExitStatus;
 use crate::init::reaper;
@@ -122,6 +122,8 @@ pub struct EventLoop {
     /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
     control: Option<ControlServer>,
     dialect: &'static str,
+    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
+    maintenance_replies: VecDeque<(ClientId, bool)>,
 
     children: HashMap<i32, Owner>,
     app_pid: Option<i32>,
@@ -216,6 +218,7 @@ impl EventLoop {
             consul_required,
             control,
             dialect,
+            maintenance_replies: VecDeque::new(),
             cfg: cfg.supervisor,
             children: HashMap::new(),
             app_pid: None,
@@ -1005,10 +1008,7 @@ impl EventLoop {
                     }
                 }
             }
-            registration::Event::MaintenanceResult(r) => match r {
-                Ok(()) => log::info!("maintenance mode updated"),
-                Err(e) => log::error!("maintenance: {e}"),
-            },
+            registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The event loop as the control socket sees it: `microinit status` reads its state, `signal`, `restart` and
 //! `maintenance` become the loop's own actions.
 //!
-//! Owns: filling in the status document and the answer to each request. Does not own: the socket, the
+//! Owns: filling in the status document and the answer to each request, including the ones answered later
+//! (`maintenance` waits for Consul's result). Does not own: the socket, the
 //! protocol or the limits (`control`), nor the actions themselves (the rest of `event_loop`).
 
 use std::time::Instant;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use super::{AppState, EventLoop};
 use crate::consul::registration;
 use crate::control::protocol::{Reply, Request};
+use crate::control::server::{ClientId, Incoming};
 use crate::control::status::{self, Status};
 use crate::init::exit_status::ExitStatus;
 use crate::init::signals::signal_name;
@@ -20,24 +22,48 @@ impl EventLoop {
         let Some(server) = &mut self.control else {
             return;
         };
-        for incoming in server.serve(polled, Instant::now()) {
-            let reply = self.answer(incoming.request);
+        for Incoming { client, request } in server.serve(polled, Instant::now()) {
+            let outcome = match request {
+                Request::Status => Ok(Some(Reply::Status(Box::new(self.status())))),
+                Request::Signal(sig) => self.signal_request(sig).map(|m| Some(Reply::Done(m))),
+                Request::Restart => self.restart_request().map(|m| Some(Reply::Done(m))),
+                // Answered when the worker reports Consul's result (`on_maintenance_result`).
+                Request::Maintenance { on, reason } => {
+                    self.maintenance_request(client, on, reason).map(|()| None)
+                }
+            };
+            let reply = match outcome {
+                Ok(None) => continue,
+                Ok(Some(reply)) => reply,
+                Err(error) => Reply::Failed(error),
+            };
             if let Some(server) = &mut self.control {
-                server.reply(incoming.client, &reply);
+                server.reply(client, &reply);
             }
         }
     }
 
-    fn answer(&mut self, request: Request) -> Reply {
-        let outcome = match request {
-            Request::Status => return Reply::Status(Box::new(self.status())),
-            Request::Signal(sig) => self.signal_request(sig),
-            Request::Restart => self.restart_request(),
-            Request::Maintenance { on, reason } => self.maintenance_request(on, reason),
+    /// The worker's answer to the oldest maintenance request (it answers each, in order).
+    pub(super) fn on_maintenance_result(&mut self, result: Result<(), String>) {
+        let reply = match (&result, self.maintenance_replies.pop_front()) {
+            (_, None) => None,
+            (Ok(()), Some((client, on))) => Some((
+                client,
+                Reply::Done(format!(
+                    "maintenance {}: the Consul agent applied it",
+                    if on { "on" } else { "off" }
+                )),
+            )),
+            (Err(e), Some((client, _))) => {
+                Some((client, Reply::Failed(format!("maintenance: {e}"))))
+            }
         };
-        match outcome {
-            Ok(message) => Reply::Done(message),
-            Err(error) => Reply::Failed(error),
+        match result {
+            Ok(()) => log::info!("maintenance mode updated"),
+            Err(e) => log::error!("maintenance: {e}"),
+        }
+        if let (Some((client, reply)), Some(server)) = (reply, &mut self.control) {
+            server.reply(client, &reply);
         }
     }
 
@@ -114,15 +140,18 @@ impl EventLoop {
         }
     }
 
-    fn maintenance_request(&mut self, on: bool, reason: Option<String>) -> Result<String, String> {
+    fn maintenance_request(
+        &mut self,
+        client: ClientId,
+        on: bool,
+        reason: Option<String>,
+    ) -> Result<(), String> {
         let r = self
             .registration
             .as_ref()
             .ok_or("Consul registration is off, so there is no service to put in maintenance")?;
         r.send(registration::Command::Maintenance { on, reason });
-        Ok(format!(
-            "maintenance {} requested from the Consul agent",
-            if on { "on" } else { "off" }
-        ))
+        self.maintenance_replies.push_back((client, on));
+        Ok(())
     }
 }
