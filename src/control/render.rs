@@ -69,7 +69,10 @@ fn consul_rows(c: &Consul, now_unix: f64, rows: &mut Vec<(&str, String)>) {
         Some(Some(reason)) => format!("on ({})", esc(reason)),
     };
     rows.extend([
-        ("registration", text(&c.state)),
+        (
+            "registration",
+            format!("{} (registrations: {})", text(&c.state), c.registrations),
+        ),
         ("ready", if c.ready { "yes" } else { "no" }.into()),
         (
             "check",
@@ -247,7 +250,7 @@ mod tests {
             "consul agent       http://127.0.0.1:8500",
             "service            web\n",
             "service id         web-1",
-            "registration       registered",
+            "registration       registered (registrations: 1)",
             "ready              yes",
             "check              passing: microinit: app running (pid 7)",
             "last heartbeat     ok (4.0s ago)",

@@ -95,6 +95,9 @@ pub struct Consul {
     pub maintenance: Option<Option<String>>,
     /// From the agent or the network: untrusted.
     pub last_error: Option<String>,
+    /// Successful registrations, the first one included (more: the agent forgot the service and was told
+    /// again).
+    pub registrations: u32,
 }
 
 impl Consul {
@@ -115,6 +118,7 @@ impl Consul {
             "maintenance": self.maintenance.is_some(),
             "maintenance_reason": self.maintenance.clone().flatten(),
             "last_error": self.last_error,
+            "registrations": self.registrations,
         })
     }
 }
@@ -223,6 +227,7 @@ impl Status {
                         .then(|| c.opt_string("maintenance_reason"))
                         .transpose()?,
                     last_error: c.opt_string("last_error")?,
+                    registrations: c.uint("registrations")?,
                 })
             }
         };
@@ -404,6 +409,7 @@ pub(crate) mod tests {
                 }),
                 maintenance: Some(Some("deploy 42".into())),
                 last_error: None,
+                registrations: 1,
             }),
         }
     }
