@@ -69,10 +69,8 @@ fn consul_rows(c: &Consul, now_unix: f64, rows: &mut Vec<(&str, String)>) {
         Some(Some(reason)) => format!("on ({})", esc(reason)),
     };
     rows.extend([
-        (
-            "registration",
-            format!("{} (registrations: {})", text(&c.state), c.registrations),
-        ),
+        ("registration", text(&c.state)),
+        ("registrations", c.registrations.to_string()),
         ("ready", if c.ready { "yes" } else { "no" }.into()),
         (
             "check",
@@ -250,7 +248,8 @@ mod tests {
             "consul agent       http://127.0.0.1:8500",
             "service            web\n",
             "service id         web-1",
-            "registration       registered (registrations: 1)",
+            "registration       registered\n",
+            "registrations      1\n",
             "ready              yes",
             "check              passing: microinit: app running (pid 7)",
             "last heartbeat     ok (4.0s ago)",
