@@ -103,6 +103,10 @@ const MICROINIT: &[Spec] = &[
     spec("require", None, "MICROINIT_REQUIRE", Repeat, "PATH", "A path that must exist before the app starts. Repeatable; env: colon list."),
     spec("wait-runtime", None, "MICROINIT_WAIT_RUNTIME", Value, "DURATION", "Wait up to this long for a late runtime volume before failing."),
     spec("no-runtime-check", None, "MICROINIT_NO_RUNTIME_CHECK", Flag, "", "Skip the runtime check."),
+    spec("links-manifest", None, "MICROINIT_LINKS_MANIFEST", Value, "FILE", "The image's list of links into the runtime dir, checked at start instead of a scan (default /etc/microinit/runtime-links; written by `microinit check --write-manifest`)."),
+    spec("scan-runtime-links", None, "MICROINIT_SCAN_RUNTIME_LINKS", Flag, "", "Without a manifest, scan the standard directories for links into the runtime dir at every start (costs what the image holds)."),
+    spec("volume-manifest", None, "MICROINIT_VOLUME_MANIFEST", Value, "FILE", "The volume's list of files (filebox's symlinks.txt; default /etc/microinit/volume-links.txt), used when the runtime dir is absent or empty, as at `docker build`."),
+    spec("write-manifest", None, "MICROINIT_WRITE_MANIFEST", Flag, "", "`microinit check` only: scan, and write the links manifest when the check passes (a Dockerfile RUN step)."),
     spec("socket", None, "MICROINIT_SOCKET", Value, "PATH", "Control socket for `microinit status` & co (default /run/microinit.sock)."),
     spec("service-name", None, "MICROINIT_SERVICE_NAME", Value, "NAME", "Register the app in Consul under NAME (turns registration on)."),
     spec("service-id", None, "MICROINIT_SERVICE_ID", Value, "ID", "Consul service id (default NAME-HOSTNAME)."),
@@ -424,12 +428,13 @@ fn parse_check(
     let command = parse_flags(Dialect::Microinit, MICROINIT, args, &mut opts, &mut extra)?;
     if extra.help {
         return Ok(Action::Print(
-            "usage: microinit check [--json] [OPTIONS] [CMD [ARGS...]]\n\nRuns only the runtime check and prints what was resolved and what is missing.\nExit 0 when everything is there, 127 when something is missing.\n".into(),
+            "usage: microinit check [--json] [--write-manifest] [OPTIONS] [CMD [ARGS...]]\n\nRuns only the runtime check and prints what was resolved and what is missing.\nWith --write-manifest it scans the standard directories and, when everything resolves (against the\nvolume's manifest when the runtime dir is absent, as at `docker build`), writes the links manifest.\nExit 0 when everything is there, 127 when something is missing, 1 when the manifest cannot be written.\n".into(),
         ));
     }
     let mut runtime = runtime_config(&opts)?;
     // An explicit `check` always checks, whatever MICROINIT_NO_RUNTIME_CHECK says.
     runtime.enabled = true;
+    runtime.write_manifest = opts.flag("MICROINIT_WRITE_MANIFEST");
     Ok(Action::Check {
         json: extra.json,
         command,
@@ -679,6 +684,16 @@ fn runtime_config(opts: &Options) -> Result<RuntimeCheckConfig, UsageError> {
         require,
         wait,
         root: PathBuf::from("/"),
+        links_manifest: PathBuf::from(
+            opts.get("MICROINIT_LINKS_MANIFEST")
+                .unwrap_or("/etc/microinit/runtime-links"),
+        ),
+        scan_links: opts.flag("MICROINIT_SCAN_RUNTIME_LINKS"),
+        volume_manifest: PathBuf::from(
+            opts.get("MICROINIT_VOLUME_MANIFEST")
+                .unwrap_or("/etc/microinit/volume-links.txt"),
+        ),
+        write_manifest: false,
     })
 }
 
