@@ -75,9 +75,7 @@ impl Checker<'_> {
         }
         self.report.links_checked += 1;
         match self.resolve(link) {
-            Ok(c) => self
-                .report
-                .add_resolved(Kind::Symlink, link, &c.real, None),
+            Ok(c) => self.report.add_resolved(Kind::Symlink, link, &c.real, None),
             Err(u) => self.missing(Kind::Symlink, link, None, u),
         }
     }
@@ -124,7 +122,9 @@ impl Checker<'_> {
             }
             let real = canon.real;
             let under = needle.is_empty()
-                || real.components().any(|c| c.as_os_str().as_bytes() == needle);
+                || real
+                    .components()
+                    .any(|c| c.as_os_str().as_bytes() == needle);
             let (mut readlinks, mut stopped) = (0u32, false);
             let mut links = Vec::new();
             let calls = read_dir_raw(&self.host(&real), &mut buf, |fd, name, d_type| {

@@ -91,6 +91,21 @@ pub(super) enum Place {
     Dir(PathBuf),
     /// /etc/ld.so.cache: the candidates are the paths it lists for NAME.
     Cache,
+    /// A DT_NEEDED with a slash is opened as this path, no search.
+    Path(PathBuf),
+}
+
+/// Where the loader looks for the libraries one object needs, prepared once per object: the order does not
+/// depend on the name, so a library costs one pass over it and no directory is walked twice.
+pub(super) struct Order {
+    /// Each place, and whether it exists in the image (a directory that is not there is skipped).
+    places: Vec<(Place, bool)>,
+    /// "searched …" for the report: without ld.so.cache, and with it (named only when it listed the name).
+    searched: [String; 2],
+    /// --wait-runtime watches these (inotify takes 64 at most).
+    watch: Vec<PathBuf>,
+    /// Where a link to a missing library would be found: the first searched directory the image has.
+    suggest_dir: Option<PathBuf>,
 }
 
 /// Where a library was found.
@@ -188,7 +203,7 @@ impl Checker<'_> {
     }
 
     /// Where the loader looks for a library needed by object `who`, in its order.
-    pub(super) fn search_order(&mut self, map: &LinkMap, who: usize) -> Vec<Place> {
+    pub(super) fn search_order(&mut self, map: &LinkMap, who: usize) -> Order {
         let needer = &map.objs[who];
         let env_dirs = |seps: &[u8]| {
             let origin = &map.objs[0].origin;
@@ -229,7 +244,41 @@ impl Checker<'_> {
                 }
             }
         }
-        out
+        fn label(p: &Place, cache: bool) -> Option<&Path> {
+            match p {
+                Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
+                Place::Cache => cache.then_some(Path::new(LD_CACHE)),
+            }
+        }
+        let searched =
+            [false, true].map(|cache| join_paths(out.iter().filter_map(|p| label(p, cache))));
+        let places: Vec<(Place, bool)> = out
+            .into_iter()
+            .map(|p| {
+                let there = match &p {
+                    Place::Dir(d) => self.dir_exists(d),
+                    Place::Cache | Place::Path(_) => true,
+                };
+                (p, there)
+            })
+            .collect();
+        let dirs = || {
+            places.iter().filter_map(|(p, there)| match p {
+                Place::Dir(d) => Some((d, *there)),
+                _ => None,
+            })
+        };
+        let watch = dirs().take(64).map(|(d, _)| d.clone()).collect();
+        let suggest_dir = dirs()
+            .find(|(_, there)| *there)
+            .or(dirs().next())
+            .map(|(d, _)| d.clone());
+        Order {
+            places,
+            searched,
+            watch,
+            suggest_dir,
+        }
     }
 
     /// One candidate path may be tried: false once MAX_PROBES were (reported once).
@@ -264,27 +313,29 @@ impl Checker<'_> {
         map: &LinkMap,
         who: usize,
         name: &OsStr,
-        order: &[Place],
+        order: &Order,
     ) -> Option<Found> {
         let by = map.objs[who].real.clone();
         let slash = name.as_bytes().contains(&b'/');
-        // A DT_NEEDED with a slash is opened as a path, no search.
-        let direct = [Place::Dir(PathBuf::new())];
-        let order = if slash { &direct[..] } else { order };
+        let direct = [(Place::Path(self.absolute(Path::new(name))), true)];
+        let places = if slash { &direct[..] } else { &order.places };
         let mut dangling: Option<(PathBuf, Unresolved)> = None;
         let mut skipped: Vec<String> = Vec::new();
-        for place in order {
-            let candidates = match place {
-                Place::Dir(_) if slash => vec![self.absolute(Path::new(name))],
-                Place::Dir(d) if !self.dir_exists(d) => {
-                    if !self.probe() {
-                        return None;
-                    }
-                    continue;
+        // ld.so.cache is named in the report only when it listed the library.
+        let mut cache_listed = false;
+        for (place, there) in places {
+            if !there {
+                if !self.probe() {
+                    return None;
                 }
+                continue;
+            }
+            let candidates = match place {
                 Place::Dir(d) => vec![d.join(name)],
                 Place::Cache => self.ld_cache_lookup(name),
+                Place::Path(p) => vec![p.clone()],
             };
+            cache_listed |= matches!(place, Place::Cache) && !candidates.is_empty();
             for cand in candidates {
                 if !self.probe() {
                     return None;
@@ -338,8 +389,8 @@ impl Checker<'_> {
             self.missing(Kind::Library, &cand, Some(&by), u);
             return None;
         }
-        if slash {
-            let p = self.absolute(Path::new(name));
+        if let (true, [(Place::Path(p), _)]) = (slash, places) {
+            let p = p.clone();
             let u = Unresolved {
                 hops: Vec::new(),
                 at: p.clone(),
@@ -348,30 +399,12 @@ impl Checker<'_> {
             self.missing(Kind::Library, &p, Some(&by), u);
             return None;
         }
-        let labels = order.iter().map(|p| match p {
-            Place::Dir(d) => d.as_path(),
-            Place::Cache => Path::new(LD_CACHE),
-        });
-        let mut reason = format!("searched {}", join_paths(labels));
+        let mut reason = format!("searched {}", order.searched[usize::from(cache_listed)]);
         for s in skipped.iter().take(8) {
             reason.push_str("; ");
             reason.push_str(s);
         }
-        // --wait-runtime watches these (the first existing ones matter most; inotify takes 64 at most).
-        let watch: Vec<PathBuf> = order
-            .iter()
-            .filter_map(|p| match p {
-                Place::Dir(d) => Some(d.clone()),
-                Place::Cache => None,
-            })
-            .take(64)
-            .collect();
-        // Where a link to the library would be found: the first searched directory the image has.
-        let suggest = watch
-            .iter()
-            .find(|d| self.dirs.get(d.as_path()) == Some(&true))
-            .or(watch.first())
-            .map(|d| d.join(name));
+        let watch = order.watch.clone();
         let m = Missing {
             kind: Kind::Library,
             path: PathBuf::from(name),
@@ -381,8 +414,8 @@ impl Checker<'_> {
             watch,
         };
         self.report.add_missing(m);
-        if let Some(link) = suggest {
-            self.report.suggest_link(name, link);
+        if let Some(dir) = &order.suggest_dir {
+            self.report.suggest_link(name, dir.join(name));
         }
         None
     }
@@ -618,7 +651,10 @@ mod tests {
         data.resize(data.len() + (1 << 20), b'a');
         let cache = LdCache::parse(data);
         assert!(cache.index.len() <= cache.data.len() / 24);
-        assert!(cache.index.is_empty(), "names longer than NAME_MAX are not names");
+        assert!(
+            cache.index.is_empty(),
+            "names longer than NAME_MAX are not names"
+        );
         assert!(cache.lookup(&[b'a'; 100]).is_empty());
     }
 

@@ -35,8 +35,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::RuntimeCheckConfig;
-use manifest::ManifestOut;
 use loader::LdCache;
+use manifest::ManifestOut;
 use resolve::Node;
 
 pub use report::{Kind, Report};
@@ -55,7 +55,7 @@ const HEAD_BYTES: usize = 1024;
 /// library search, directory entries read by the link scan, missing entries listed.
 const MAX_CONFIG_FILE: u64 = 4 << 20;
 const MAX_OBJECTS: usize = 1024;
-const MAX_PROBES: usize = 100_000;
+const MAX_PROBES: usize = 2_000_000;
 const MAX_SCAN_ENTRIES: usize = 1_000_000;
 const MAX_MISSING: usize = 256;
 /// Waiting for a late volume: first re-check after this, doubling up to the cap (inotify usually wakes sooner).
@@ -387,6 +387,53 @@ mod tests {
             found(&r, Kind::Library)[0].0,
             Path::new("/usr/lib/libfoo.so.2")
         );
+    }
+
+    /// 4 000 missing DT_NEEDED and a RUNPATH of 1 000 directories that do not exist: the search is linear
+    /// (a directory is walked once), stops at its budget, says so, and the report stays bounded.
+    #[test]
+    fn a_hostile_library_search_is_bounded_and_reported() {
+        let root = Root::new("hostile-search");
+        let names: Vec<String> = (0..4000).map(|i| format!("libmissing{i}.so")).collect();
+        let needed: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Short names: the ELF reader takes strings of up to 4 KiB, as a RUNPATH of 1 000 entries must fit.
+        let digit = |i: usize| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[i % 36]);
+        let runpath: Vec<String> = (0..1000)
+            .map(|i| format!("/{}{}", digit(i / 36), digit(i)))
+            .collect();
+        let prog = build(
+            Class::Elf64,
+            false,
+            Some(GLIBC),
+            &needed,
+            Some(&runpath.join(":")),
+        );
+        root.put("/usr/bin/prog", &prog);
+        root.put(GLIBC, &build(Class::Elf64, false, None, &[], None));
+        let started = Instant::now();
+        let r = root.check("/usr/bin/prog");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!r.is_ok());
+        assert_eq!(r.missing.len(), MAX_MISSING);
+        assert!(r.more_missing > 0);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("library search stopped after")),
+            "{:?}",
+            r.notes
+        );
+        let text = r.render_text();
+        assert!(
+            text.contains(" more)") && !text.contains("/rr,"),
+            "the 1 006 places are not all listed: {}",
+            text.lines().find(|l| l.contains("runtime missing")).unwrap_or("")
+        );
+        assert!(text.len() < 1 << 20, "{} bytes", text.len());
     }
 
     /// The whole check (not only the ELF parser) over mutated programs, libraries and ld.so.cache files

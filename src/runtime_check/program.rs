@@ -49,10 +49,7 @@ impl Checker<'_> {
         let n = read_head(&file, &mut head).map_err(|e| format!("read error: {e}"))?;
         let head = &head[..n];
         if head.starts_with(b"\x7fELF") {
-            let file = SizedFile {
-                file: &file,
-                size,
-            };
+            let file = SizedFile { file: &file, size };
             return match elf::parse(&Prefetched { file, head }) {
                 Ok(elf) => Ok(Content::Elf(elf)),
                 Err(e) => Err(e.to_string()),

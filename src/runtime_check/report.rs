@@ -184,7 +184,8 @@ impl Report {
             s.push_str(&format!("microinit: hint: {}\n", escape(h)));
         }
         let dir = escape(&runtime_dir.display().to_string());
-        let tail = "--wait-runtime DURATION waits for a late volume, --no-runtime-check skips this check";
+        let tail =
+            "--wait-runtime DURATION waits for a late volume, --no-runtime-check skips this check";
         let general = match self.volume {
             Volume::Absent | Volume::Empty | Volume::Unknown => format!(
                 "the runtime volume is not mounted: {dir} is {} (--runtime-dir / MICROINIT_RUNTIME_DIR); start \
@@ -211,7 +212,10 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut s = String::new();
         match &self.command {
-            Some(c) => s.push_str(&format!("microinit check: {}\n", escape(&c.display().to_string()))),
+            Some(c) => s.push_str(&format!(
+                "microinit check: {}\n",
+                escape(&c.display().to_string())
+            )),
             None => {
                 s.push_str("microinit check: no command (runtime directory and --require only)\n")
             }
@@ -313,7 +317,10 @@ impl Report {
     /// One entry per path: the first (most specific) report of a path wins. Beyond MAX_MISSING entries are
     /// counted, not kept (a hostile image may miss thousands of libraries).
     pub(super) fn add_missing(&mut self, m: Missing) {
-        if self.seen_missing.insert((m.path.clone(), m.needed_by.clone())) {
+        if self
+            .seen_missing
+            .insert((m.path.clone(), m.needed_by.clone()))
+        {
             if self.missing.len() < MAX_MISSING {
                 self.missing.push(m);
             } else {

@@ -42,15 +42,19 @@ impl Checker<'_> {
     /// manifest (scripts/filebox.sh puts symlinks.txt at /etc/microinit/volume-links.txt in its links/
     /// tree), paths into the runtime directory are checked against what the volume will provide.
     pub(super) fn volume_manifest(&mut self) {
+        // The file first: an image without it (the common case) pays one failed open.
+        let file = self.cfg.volume_manifest.clone();
+        self.count(|w| w.open += 1);
+        let read = read_small(&self.host(&file));
+        if matches!(read, Ok(None)) {
+            return;
+        }
         let state = self.volume_state();
         if state == Volume::Mounted {
             return;
         }
-        let file = self.cfg.volume_manifest.clone();
-        self.count(|w| w.open += 1);
-        let data = match read_small(&self.host(&file)) {
-            Ok(None) => return,
-            Ok(Some((data, _))) => data,
+        let data = match read {
+            Ok(d) => d.map(|(data, _)| data).unwrap_or_default(),
             Err(why) => {
                 let note = format!("ignored the volume manifest {}: {why}", file.display());
                 return self.capped(note);
