@@ -1016,6 +1016,15 @@ fn the_build_time_check_catches_a_link_the_volume_does_not_provide() {
         "{manifest}"
     );
 
+    // A container started without the volume fails: the volume's manifest never stands in for it at start.
+    let r = img.run(&["--", "app"]);
+    assert_eq!(r.code, 127, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("the runtime volume is not mounted: /opt/files is missing"),
+        "{}",
+        r.all()
+    );
     // At run time the volume is mounted: the real files are checked, the app runs.
     img.fill_volume("app", &programs().dir.join("app"), APP_LIBS, &[]);
     let r = img.run(&["--", "app"]);

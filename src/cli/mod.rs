@@ -105,7 +105,7 @@ const MICROINIT: &[Spec] = &[
     spec("no-runtime-check", None, "MICROINIT_NO_RUNTIME_CHECK", Flag, "", "Skip the runtime check."),
     spec("links-manifest", None, "MICROINIT_LINKS_MANIFEST", Value, "FILE", "The image's list of links into the runtime dir, checked at start instead of a scan (default /etc/microinit/runtime-links; written by `microinit check --write-manifest`)."),
     spec("scan-runtime-links", None, "MICROINIT_SCAN_RUNTIME_LINKS", Flag, "", "Without a manifest, scan the standard directories for links into the runtime dir at every start (costs what the image holds)."),
-    spec("volume-manifest", None, "MICROINIT_VOLUME_MANIFEST", Value, "FILE", "The volume's list of files (filebox's symlinks.txt; default /etc/microinit/volume-links.txt), used when the runtime dir is absent or empty, as at `docker build`."),
+    spec("volume-manifest", None, "MICROINIT_VOLUME_MANIFEST", Value, "FILE", "`microinit check` only: the volume's list of files (filebox's symlinks.txt; default with --write-manifest /etc/microinit/volume-links.txt), used when the runtime dir is absent or empty, as at `docker build`."),
     spec("write-manifest", None, "MICROINIT_WRITE_MANIFEST", Flag, "", "`microinit check` only: scan, and write the links manifest when the check passes (a Dockerfile RUN step)."),
     spec("socket", None, "MICROINIT_SOCKET", Value, "PATH", "Control socket for `microinit status` & co (default /run/microinit.sock)."),
     spec("service-name", None, "MICROINIT_SERVICE_NAME", Value, "NAME", "Register the app in Consul under NAME (turns registration on)."),
@@ -435,6 +435,14 @@ fn parse_check(
     // An explicit `check` always checks, whatever MICROINIT_NO_RUNTIME_CHECK says.
     runtime.enabled = true;
     runtime.write_manifest = opts.flag("MICROINIT_WRITE_MANIFEST");
+    // The volume's manifest stands in for an absent volume only when building the image: with
+    // --write-manifest (at its default place) or when named.
+    runtime.volume_manifest = opts
+        .get("MICROINIT_VOLUME_MANIFEST")
+        .or(runtime
+            .write_manifest
+            .then_some("/etc/microinit/volume-links.txt"))
+        .map(PathBuf::from);
     Ok(Action::Check {
         json: extra.json,
         command,
@@ -689,10 +697,7 @@ fn runtime_config(opts: &Options) -> Result<RuntimeCheckConfig, UsageError> {
                 .unwrap_or("/etc/microinit/runtime-links"),
         ),
         scan_links: opts.flag("MICROINIT_SCAN_RUNTIME_LINKS"),
-        volume_manifest: PathBuf::from(
-            opts.get("MICROINIT_VOLUME_MANIFEST")
-                .unwrap_or("/etc/microinit/volume-links.txt"),
-        ),
+        volume_manifest: None,
         write_manifest: false,
     })
 }

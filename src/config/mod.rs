@@ -90,8 +90,9 @@ pub struct RuntimeCheckConfig {
     pub links_manifest: PathBuf,
     /// Without a valid manifest, scan the standard directories for links into the runtime dir.
     pub scan_links: bool,
-    /// The volume's own list of files (filebox's symlinks.txt), used when the runtime dir is absent or empty.
-    pub volume_manifest: PathBuf,
+    /// `microinit check` only: the volume's own list of files (filebox's symlinks.txt), used when the runtime
+    /// dir is absent or empty, as at `docker build`. Never at start: a container must have the real volume.
+    pub volume_manifest: Option<PathBuf>,
     /// `microinit check --write-manifest`: scan, and write the links manifest when the check passes.
     pub write_manifest: bool,
 }

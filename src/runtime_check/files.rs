@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use super::resolve::io_reason;
@@ -18,10 +18,7 @@ use super::MAX_CONFIG_FILE;
 /// for a FIFO between the caller's stat and this open, the open must not block PID 1; the fstat afterwards
 /// refuses anything that is not a regular file (a FIFO, a device) before a single byte is read.
 pub(super) fn open_regular(path: &Path) -> io::Result<(File, fs::Metadata)> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
+    let file = File::from(open_raw(path, libc::O_RDONLY | libc::O_NONBLOCK)?);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::other(if meta.is_dir() {
@@ -31,6 +28,28 @@ pub(super) fn open_regular(path: &Path) -> io::Result<(File, fs::Metadata)> {
         }));
     }
     Ok((file, meta))
+}
+
+/// openat(2) with O_CLOEXEC, straight to the kernel: musl's open() follows an O_CLOEXEC open with an
+/// fcntl(F_SETFD) for kernels older than 2.6.23, one syscall per file on the start-up path.
+fn open_raw(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: NUL-terminated path; the returned fd is owned right below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            0,
+        )
+    };
+    let fd = RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(io::Error::last_os_error)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A small configuration file (ld.so.cache, ld-musl-ARCH.path, manifests) and its mtime in seconds.
@@ -47,10 +66,10 @@ pub(super) fn read_small(path: &Path) -> Result<Option<(Vec<u8>, i64)>, String> 
     if size > MAX_CONFIG_FILE {
         return Err(format!("larger than {} MiB", MAX_CONFIG_FILE >> 20));
     }
-    let mut buf = Vec::with_capacity(size as usize);
-    // take(): the size may grow after the fstat; the cap holds anyway.
-    io::Read::read_to_end(&mut io::Read::take(file, MAX_CONFIG_FILE), &mut buf)
-        .map_err(|e| io_reason(&e))?;
+    // One pread for the whole file (the size is known); a file that shrank meanwhile is cut where it ends.
+    let mut buf = vec![0u8; size as usize];
+    let n = read_head(&file, &mut buf).map_err(|e| io_reason(&e))?;
+    buf.truncate(n);
     Ok(Some((buf, meta.mtime())))
 }
 
@@ -62,20 +81,8 @@ pub(super) fn read_dir_raw(
     buf: &mut [u8],
     mut f: impl FnMut(RawFd, &CStr, u8) -> bool,
 ) -> io::Result<u32> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // O_NONBLOCK for the same reason as in open_regular; O_DIRECTORY refuses anything else.
-    // SAFETY: NUL-terminated path; the fd is owned right below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK)?;
     let mut calls = 0;
     loop {
         calls += 1;

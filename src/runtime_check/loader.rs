@@ -317,8 +317,13 @@ impl Checker<'_> {
     ) -> Option<Found> {
         let by = map.objs[who].real.clone();
         let slash = name.as_bytes().contains(&b'/');
-        let direct = [(Place::Path(self.absolute(Path::new(name))), true)];
-        let places = if slash { &direct[..] } else { &order.places };
+        let direct;
+        let places = if slash {
+            direct = [(Place::Path(self.absolute(Path::new(name))), true)];
+            &direct[..]
+        } else {
+            &order.places
+        };
         let mut dangling: Option<(PathBuf, Unresolved)> = None;
         let mut skipped: Vec<String> = Vec::new();
         // ld.so.cache is named in the report only when it listed the library.
