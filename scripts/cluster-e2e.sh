@@ -60,9 +60,7 @@ for tool in curl jq; do command -v $tool >/dev/null || die "$tool not found (apt
 build=$(mktemp -d "${TMPDIR:-/tmp}/$p.XXXXXX")
 base=$p/base:e2e consul=$p/consul:e2e
 cleanup() {
-    local ids
-    mapfile -t ids < <(docker ps -aq --filter "label=$label")
-    [ "${#ids[@]}" = 0 ] || docker rm -f -v "${ids[@]}" >/dev/null 2>&1
+    remove_labelled "$label"
     for net in servers h1 h2 h3; do docker network rm "$p-$net" >/dev/null 2>&1; done
     docker rmi "$base" "$consul" "$p/filebox:e2e" "$p/node-hello:e2e" >/dev/null 2>&1
     rm -rf "$build"
