@@ -33,36 +33,39 @@ pub const MICROINIT: &[Spec] = &[
     spec("require", None, "MICROINIT_REQUIRE", Repeat, "PATH", "A path that must exist before the app starts. Repeatable; env: colon list.", Runtime),
     spec("wait-runtime", None, "MICROINIT_WAIT_RUNTIME", Value, "DURATION", "Wait up to this long for a late runtime volume before failing.", Runtime),
     spec("no-runtime-check", None, "MICROINIT_NO_RUNTIME_CHECK", Flag, "", "Skip the runtime check.", General),
+    spec("links-manifest", None, "MICROINIT_LINKS_MANIFEST", Value, "FILE", "The image's list of links into the runtime dir, checked at start instead of a scan (default /etc/microinit/runtime-links; written by `microinit check --write-manifest`).", Runtime),
+    spec("scan-runtime-links", None, "MICROINIT_SCAN_RUNTIME_LINKS", Flag, "", "Without a manifest, scan the standard directories for links into the runtime dir at every start (costs what the image holds).", Runtime),
     spec("socket", None, "MICROINIT_SOCKET", Value, "PATH", "Control socket for `microinit status` & co (default /run/microinit.sock).", Control),
     spec("service-name", None, "MICROINIT_SERVICE_NAME", Value, "NAME", "Register the app in Consul under NAME (turns registration on).", Consul),
-    spec("service-id", None, "MICROINIT_SERVICE_ID", Value, "ID", "Consul service id (default NAME-HOSTNAME).", Consul),
+    spec("service-id", None, "MICROINIT_SERVICE_ID", Value, "ID", "Consul service id (default NAME-HOSTNAME[-CONTAINER][-PORT], unique per replica).", Consul),
     spec("service-port", None, "MICROINIT_SERVICE_PORT", Value, "PORT", "Service port to register.", Consul),
-    spec("service-address", None, "MICROINIT_SERVICE_ADDRESS", Value, "ADDR", "Service address (default: first non-loopback IPv4).", Consul),
+    spec("service-address", None, "MICROINIT_SERVICE_ADDRESS", Value, "ADDR", "Service address, e.g. the host's with a published port (default: IPv4 of --service-interface).", Consul),
+    spec("service-interface", None, "MICROINIT_SERVICE_INTERFACE", Value, "NAME", "Interface whose IPv4 is registered (default: the one holding the default route).", Consul),
+    spec("service-lan-address", None, "MICROINIT_SERVICE_LAN_ADDRESS", Value, "ADDR[:PORT]", "Tagged address `lan` (port defaults to the service port).", Consul),
+    spec("service-wan-address", None, "MICROINIT_SERVICE_WAN_ADDRESS", Value, "ADDR[:PORT]", "Tagged address `wan` (port defaults to the service port).", Consul),
     spec("service-tags", None, "MICROINIT_SERVICE_TAGS", Value, "T1,T2", "Service tags, comma separated.", Consul),
     spec("service-meta", None, "MICROINIT_SERVICE_META", Value, "K=V,…", "Service meta, comma separated key=value pairs.", Consul),
     spec("service-file", None, "MICROINIT_SERVICE_FILE", Value, "PATH", "Service definition in Consul's JSON format.", Consul),
     spec("check-ttl", None, "MICROINIT_CHECK_TTL", Value, "DURATION", "TTL of the service check (default 10s); heartbeat every TTL/2.", Consul),
-    spec("deregister-after", None, "MICROINIT_DEREGISTER_AFTER", Value, "DURATION", "Consul removes a service critical this long (default 1m).", Consul),
+    spec("deregister-after", None, "MICROINIT_DEREGISTER_AFTER", Value, "DURATION", "Consul removes a service critical this long (default 1m, Consul's minimum).", Consul),
     spec("health-cmd", None, "MICROINIT_HEALTH_CMD", Value, "CMD", "Shell command run periodically: exit 0 passing, 1 warning, else critical.", Consul),
     spec("health-interval", None, "MICROINIT_HEALTH_INTERVAL", Value, "DURATION", "Interval of the health command (default 5s).", Consul),
     spec("health-timeout", None, "MICROINIT_HEALTH_TIMEOUT", Value, "DURATION", "Time limit of the health command (default 3s).", Consul),
     spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT or tcp:HOST:PORT.", Consul),
+    spec("deregister-timeout", None, "MICROINIT_DEREGISTER_TIMEOUT", Value, "DURATION", "How long a stop waits for the agent to confirm the deregistration (default 2s).", Consul),
     spec("drain", None, "MICROINIT_DRAIN", Value, "DURATION", "Time between deregistering and forwarding SIGTERM (default 0s).", Consul),
     spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500).", Consul),
     spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
     spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent.", Consul),
     spec("consul-required", None, "MICROINIT_CONSUL_REQUIRED", Flag, "", "Make any registration failure fatal (exit 125) instead of logged.", Consul),
 ];
-/// `microinit check --json`.
-pub const CHECK: &[Spec] = &[spec(
-    "json",
-    None,
-    "check --json",
-    Flag,
-    "",
-    "Print the report as JSON.",
-    General,
-)];
+/// `microinit check` only.
+#[rustfmt::skip]
+pub const CHECK: &[Spec] = &[
+    spec("json", None, "check --json", Flag, "", "Print the report as JSON.", General),
+    spec("write-manifest", None, "MICROINIT_WRITE_MANIFEST", Flag, "", "Scan, and write the links manifest when the check passes (a Dockerfile RUN step).", General),
+    spec("volume-manifest", None, "MICROINIT_VOLUME_MANIFEST", Value, "FILE", "The volume's list of files (filebox's symlinks.txt; default with --write-manifest /etc/microinit/volume-links.txt), used when the runtime dir is absent or empty, as at `docker build`.", General),
+];
 
 pub const DEFAULT_SOCKET: &str = "/run/microinit.sock";
 const DEFAULT_GRACE: Duration = Duration::from_secs(8);
@@ -182,6 +185,8 @@ pub fn build_config(
             "MICROINIT_RUNTIME_DIR",
             "MICROINIT_REQUIRE",
             "MICROINIT_WAIT_RUNTIME",
+            "MICROINIT_LINKS_MANIFEST",
+            "MICROINIT_SCAN_RUNTIME_LINKS",
         ]
         .iter()
         .any(|k| opts.is_set(k))
@@ -265,5 +270,12 @@ pub fn runtime_config(opts: &Options) -> Result<RuntimeCheckConfig, UsageError> 
         require,
         wait,
         root: PathBuf::from("/"),
+        links_manifest: PathBuf::from(
+            opts.get("MICROINIT_LINKS_MANIFEST")
+                .unwrap_or("/etc/microinit/runtime-links"),
+        ),
+        scan_links: opts.flag("MICROINIT_SCAN_RUNTIME_LINKS"),
+        volume_manifest: None,
+        write_manifest: false,
     })
 }
