@@ -26,19 +26,9 @@ use std::time::{Duration, Instant};
 
 use common::{bin, helper, tempdir};
 
-/// Poll `f` every millisecond until it returns Some or `timeout` passes (thousands of runs: a coarser
-/// poll would add up).
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Poll every millisecond: thousands of runs, a coarser poll would add up.
+fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    common::poll_every(Duration::from_millis(1), timeout, f)
 }
 
 /// Sent after each test signal: once the child recorded it, everything sent before was handled (the init
@@ -340,114 +330,88 @@ fn observe(init: &Path, case: &Case, obs: &Path) -> String {
         })
         .unwrap_or(false)
     };
-    let ready = || wait_for(t, || dir.join("rec.ready").exists().then_some(())).is_some();
+    // A last marker (the `n`th) so everything sent before is recorded, then the signal that ends the child.
+    let finish = |p: i32, n: usize, end: i32, notes: &mut String| {
+        kill(p, MARKER);
+        if !await_marker(n, p) {
+            notes.push_str("marker not seen\n");
+        }
+        kill(p, end);
+    };
+    // Every act but Wait and Stdin drives a recorder: wait until it records, and find the init.
     let mut pid = None;
-    match &case.act {
-        Act::Wait => {}
-        Act::Stdin(text) => {
+    if !matches!(case.act, Act::Wait | Act::Stdin(_)) {
+        if wait_for(t, || dir.join("rec.ready").exists().then_some(())).is_some() {
+            pid = wait_for(t, init_pid);
+        } else {
+            notes.push_str("recorder never ready\n");
+        }
+    }
+    match (&case.act, pid) {
+        (Act::Stdin(text), _) => {
             let mut stdin = child.stdin.take().unwrap();
             let _ = stdin.write_all(text.as_bytes());
         }
-        Act::Signals { sigs, end } => {
-            if ready() {
-                pid = wait_for(t, init_pid);
-                let p = pid.unwrap();
-                // One round trip first: the init is past its start-up (a chdir after fork included).
+        (Act::Signals { sigs, end }, Some(p)) => {
+            // One round trip first: the init is past its start-up (a chdir after fork included).
+            kill(p, MARKER);
+            await_marker(1, p);
+            for (i, s) in sigs.iter().enumerate() {
+                kill(p, *s);
                 kill(p, MARKER);
-                await_marker(1, p);
-                for (i, s) in sigs.iter().enumerate() {
-                    kill(p, *s);
-                    kill(p, MARKER);
-                    if !await_marker(i + 2, p) {
-                        let _ = writeln!(notes, "marker after {} not seen", signal_name(*s));
-                        break;
-                    }
+                if !await_marker(i + 2, p) {
+                    let _ = writeln!(notes, "marker after {} not seen", signal_name(*s));
+                    break;
                 }
-                // Read last: an init that changes directory after forking has long done so by now.
-                let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
-                let _ = writeln!(notes, "init cwd={}", cwd.display());
-                kill(p, *end);
-            } else {
-                notes.push_str("recorder never ready\n");
             }
+            // Read last: an init that changes directory after forking has long done so by now.
+            let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
+            let _ = writeln!(notes, "init cwd={}", cwd.display());
+            kill(p, *end);
         }
-        Act::Stop { sig, end } => {
-            if ready() {
-                pid = wait_for(t, init_pid);
-                let p = pid.unwrap();
-                let c = first_child(p).unwrap_or(0);
-                kill(p, *sig);
-                kill(p, MARKER);
-                // Settled: the child stopped or the marker came through (or a second passed, when the init
-                // stopped itself with the marker still queued); an init stops itself right after forwarding.
-                wait_for(Duration::from_secs(1), || {
-                    let marker = recorded(&rec).contains(&MARKER);
-                    (state(c) == 'T' || marker).then_some(())
-                });
-                // The init either stops itself or goes idle with nothing pending.
-                wait_for(Duration::from_secs(1), || {
-                    (state(p) == 'T' || (state(p) == 'S' && idle(p))).then_some(())
-                });
-                let _ = writeln!(
-                    notes,
-                    "after {sig}: init {} child {}",
-                    run_state(p),
-                    run_state(c)
-                );
-                kill(p, libc::SIGCONT);
-                wait_for(Duration::from_secs(1), || {
-                    (state(p) != 'T' && state(c) != 'T').then_some(())
-                });
-                let _ = writeln!(
-                    notes,
-                    "after CONT: init {} child {}",
-                    run_state(p),
-                    run_state(c)
-                );
-                kill(p, MARKER);
-                if !await_marker(2, p) {
-                    notes.push_str("marker not seen\n");
-                }
-                kill(p, *end);
-            } else {
-                notes.push_str("recorder never ready\n");
-            }
+        (Act::Stop { sig, end }, Some(p)) => {
+            let c = first_child(p).unwrap_or(0);
+            kill(p, *sig);
+            kill(p, MARKER);
+            // Settled: the child stopped or the marker came through (or a second passed, when the init
+            // stopped itself with the marker still queued); an init stops itself right after forwarding.
+            wait_for(Duration::from_secs(1), || {
+                let marker = recorded(&rec).contains(&MARKER);
+                (state(c) == 'T' || marker).then_some(())
+            });
+            // The init either stops itself or goes idle with nothing pending.
+            wait_for(Duration::from_secs(1), || {
+                (state(p) == 'T' || (state(p) == 'S' && idle(p))).then_some(())
+            });
+            let states =
+                |when: &str| format!("{when}: init {} child {}\n", run_state(p), run_state(c));
+            notes.push_str(&states(&format!("after {sig}")));
+            kill(p, libc::SIGCONT);
+            wait_for(Duration::from_secs(1), || {
+                (state(p) != 'T' && state(c) != 'T').then_some(())
+            });
+            notes.push_str(&states("after CONT"));
+            finish(p, 2, *end, &mut notes);
         }
-        Act::Type { bytes, end } => {
-            if ready() {
-                pid = wait_for(t, init_pid);
-                let m = master.as_mut().unwrap();
-                m.write_all(bytes).unwrap();
-                // The terminal's signal comes from the line discipline, asynchronously: wait for it to
-                // land (directly, or through the init) before the marker can mean anything.
-                wait_for(Duration::from_secs(1), || {
-                    (!recorded(&rec).is_empty()).then_some(())
-                });
-                kill(pid.unwrap(), MARKER);
-                if !await_marker(1, pid.unwrap()) {
-                    notes.push_str("marker not seen\n");
-                }
-                kill(pid.unwrap(), *end);
-            } else {
-                notes.push_str("recorder never ready\n");
-            }
+        (Act::Type { bytes, end }, Some(p)) => {
+            master.as_mut().unwrap().write_all(bytes).unwrap();
+            // The terminal's signal comes from the line discipline, asynchronously: wait for it to
+            // land (directly, or through the init) before the marker can mean anything.
+            wait_for(Duration::from_secs(1), || {
+                (!recorded(&rec).is_empty()).then_some(())
+            });
+            finish(p, 1, *end, &mut notes);
         }
-        Act::KillParent { end } => {
-            if ready() {
-                pid = wait_for(t, init_pid);
-                kill(top, libc::SIGKILL);
-                let _ = child.wait();
-                // The init's parent-death signal, if any, reaches the child through the init.
-                wait_for(Duration::from_secs(1), || {
-                    (!recorded(&rec).is_empty()).then_some(())
-                });
-                kill(pid.unwrap(), MARKER);
-                await_marker(1, pid.unwrap());
-                kill(pid.unwrap(), *end);
-            } else {
-                notes.push_str("recorder never ready\n");
-            }
+        (Act::KillParent { end }, Some(p)) => {
+            kill(top, libc::SIGKILL);
+            let _ = child.wait();
+            // The init's parent-death signal, if any, reaches the child through the init.
+            wait_for(Duration::from_secs(1), || {
+                (!recorded(&rec).is_empty()).then_some(())
+            });
+            finish(p, 1, *end, &mut notes);
         }
+        _ => {}
     }
     // The exit: our child's status, or (under a killed parent) only that the init is gone.
     let status = if let Act::KillParent { .. } = case.act {
@@ -688,23 +652,14 @@ fn cases() -> Vec<Case> {
             add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], false, act);
         }
         // Terminal stops and SIGCONT.
-        for s in [20, 21, 22, 18] {
-            add(
-                tool,
-                &format!("{mode} -- OBS DIR rec 15"),
-                &[],
-                false,
-                Act::Stop { sig: s, end: 15 },
-            );
-            add(
-                tool,
-                &format!("{mode} -- OBS DIR rec 15"),
-                &[],
-                true,
-                Act::Stop { sig: s, end: 15 },
-            );
+        for (s, tty) in [20, 21, 22, 18]
+            .into_iter()
+            .flat_map(|s| [(s, false), (s, true)])
+        {
+            let act = Act::Stop { sig: s, end: 15 };
+            add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], tty, act);
         }
-        // On a terminal: Ctrl-C and Ctrl-Z typed.
+        // On a terminal: Ctrl-C typed.
         add(
             tool,
             &format!("{mode} -- OBS DIR rec 15"),

@@ -308,7 +308,7 @@ mod tests {
         // their default dispositions, and a signalfd also reads its own thread's pending signals.
         std::thread::spawn(|| {
             block_all().expect("block");
-            let mut signals = Signals::open().expect("signalfd");
+            let mut signals = Signals::open(&[]).expect("signalfd");
             let tgkill = |sig: i32| {
                 // SAFETY: signals this very thread, which blocks every signal.
                 let r =
