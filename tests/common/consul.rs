@@ -61,6 +61,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// A connection to `addr` (an IPv4 loopback `ip:port`) from 127.0.0.2: Consul limits concurrent connections per
+/// client address (200), and a test that runs hundreds of instances from 127.0.0.1 must still see the agent.
+fn connect_as_observer(addr: &str) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let target: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 2, 0))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target))?;
+    Ok(TcpStream::from(fd))
+}
+
 /// One HTTP/1.0 request; returns (status, body).
 pub fn http(
     addr: &str,
@@ -69,7 +88,7 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
+    let mut s = connect_as_observer(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let body = body.unwrap_or("");
     let mut req = format!(
