@@ -52,6 +52,6 @@ cargo test --locked --features https --lib -- consul::
 
 if [ -z "${SKIP_E2E:-}" ]; then
     step "Docker end-to-end (scripts/e2e-docker.sh)"
-    MICROINIT_BIN=$MICROINIT_BIN scripts/e2e-docker.sh
+    MICROINIT_BIN=$MICROINIT_BIN MICROINIT_HTTPS_BIN=$MICROINIT_HTTPS_BIN scripts/e2e-docker.sh
 fi
 step "all checks passed"

@@ -69,6 +69,14 @@ fn init_logging(verbosity: u8) {
 /// Be the init: set up signals and reaping, check the runtime, then hand over to the event loop.
 fn supervise(cfg: Config) -> i32 {
     init_logging(cfg.verbosity);
+    // The agent credentials are microinit's: no child sees them unless --pass-consul-token says so.
+    if cfg
+        .consul
+        .as_ref()
+        .is_some_and(|c| !c.agent.pass_token_to_children)
+    {
+        spawn::withhold_from_children(&config::consul_agent::CREDENTIAL_VARS);
+    }
     // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
     let mask = match signals::block_all() {
         Ok(m) => m,

@@ -118,9 +118,16 @@ const MICROINIT: &[Spec] = &[
     spec("health-timeout", None, "MICROINIT_HEALTH_TIMEOUT", Value, "DURATION", "Time limit of the health command (default 3s)."),
     spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT or tcp:HOST:PORT."),
     spec("drain", None, "MICROINIT_DRAIN", Value, "DURATION", "Time between deregistering and forwarding SIGTERM (default 0s)."),
-    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500)."),
-    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps)."),
-    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent."),
+    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://…, https://… (optionally with a path prefix) or unix:///path (default 127.0.0.1:8500)."),
+    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token, re-read when the agent answers 403 (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps)."),
+    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "PEM file of the CA that signed the agent's certificate (https)."),
+    spec("consul-capath", None, "CONSUL_CAPATH", Value, "DIR", "Directory of PEM CA certificates (https; CONSUL_CACERT wins)."),
+    spec("consul-client-cert", None, "CONSUL_CLIENT_CERT", Value, "PATH", "Client certificate for an agent with verify_incoming (with --consul-client-key)."),
+    spec("consul-client-key", None, "CONSUL_CLIENT_KEY", Value, "PATH", "Private key of the client certificate."),
+    spec("consul-tls-server-name", None, "CONSUL_TLS_SERVER_NAME", Value, "NAME", "Name the agent's certificate must carry when the address does not (e.g. server.dc1.consul)."),
+    spec("consul-namespace", None, "CONSUL_NAMESPACE", Value, "NS", "Consul Enterprise namespace of the registration."),
+    spec("consul-partition", None, "CONSUL_PARTITION", Value, "NAME", "Consul Enterprise admin partition of the registration."),
+    spec("pass-consul-token", None, "MICROINIT_PASS_CONSUL_TOKEN", Flag, "", "Leave CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE and CONSUL_HTTP_AUTH in the environment of the app, hooks and health command (removed by default)."),
     spec("consul-required", None, "MICROINIT_CONSUL_REQUIRED", Flag, "", "Make any registration failure fatal (exit 125) instead of logged."),
 ];
 
@@ -294,8 +301,12 @@ fn env_options(table: &[Spec], env: &dyn Fn(&str) -> Option<String>) -> Options 
             opts.set(s.key, vec![v]);
         }
     }
+    // The rest of Consul's client variables: env only, as in Consul (a secret in a flag would show in ps).
     for key in [
         "CONSUL_HTTP_TOKEN",
+        "CONSUL_HTTP_AUTH",
+        "CONSUL_HTTP_SSL",
+        "CONSUL_HTTP_SSL_VERIFY",
         "TINI_VERBOSITY",
         "DUMB_INIT_SETSID",
         "RUST_LOG",

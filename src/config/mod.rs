@@ -9,6 +9,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod consul_agent;
+pub mod user_file;
+
+pub use consul_agent::AgentConfig;
+
 /// Which command-line dialect we were started with (chosen by argv[0] or the subcommand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -108,21 +113,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where the Consul agent is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsulAddr {
-    /// "http" or "https".
-    pub scheme: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl ConsulAddr {
-    pub fn base_url(&self) -> String {
-        format!("{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// When the service is first marked passing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -156,9 +146,8 @@ pub enum ServiceSource {
 /// Options of Consul registration; `None` in `Config` when registration is off.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
-    pub addr: ConsulAddr,
-    pub token: Option<Secret>,
-    pub cacert: Option<PathBuf>,
+    /// How to reach and authenticate to the agent (the `CONSUL_*` convention).
+    pub agent: AgentConfig,
     pub service: ServiceSource,
     pub check_ttl: Duration,
     pub deregister_after: Duration,
