@@ -8,13 +8,15 @@
 //! A raw ESC can move the cursor, recolour or retitle the operator's terminal, a CR or LF can forge a log
 //! line, and the C1 range (U+0080–U+009F) holds 8-bit twins of ESC and CSI that some terminals obey. The
 //! bidi controls reorder what is shown without changing what is stored ("Trojan Source"). All of them are
-//! written as `\n`, `\r`, `\t`, `\xNN` or `\u{NNNN}`, so the result is one line of printable text.
+//! written as `\n`, `\r`, `\t`, `\xNN` or `\uNNNN` (the forms bash's `$'…'` reads back; every unsafe
+//! character is below U+10000), so the result is one line of printable text. `control::render` (the status
+//! table) and every log line with agent or child text use these functions.
 
 use std::borrow::Cow;
 use std::fmt::Write;
 
 /// True for a character that must not reach a terminal as is.
-fn unsafe_char(c: char) -> bool {
+pub fn unsafe_char(c: char) -> bool {
     c.is_control() // C0, DEL and C1
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -26,20 +28,25 @@ pub fn for_terminal(s: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 && unsafe_char(c) => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if unsafe_char(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+        push_escaped(&mut out, c);
     }
     Cow::Owned(out)
+}
+
+/// `c`, or its escape when it is unsafe.
+pub fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if unsafe_char(c) && (c as u32) < 0x80 => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if unsafe_char(c) => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c => out.push(c),
+    }
 }
 
 /// Bytes from an untrusted source as valid UTF-8 (invalid sequences become U+FFFD), escaped for a terminal.
@@ -63,7 +70,7 @@ mod tests {
     fn escapes_terminal_controls_newlines_c1_and_bidi() {
         assert_eq!(
             for_terminal("a\x1b[2Jb\nc\r\td\x7f\u{9b}e\u{202e}f"),
-            "a\\x1b[2Jb\\nc\\r\\td\\x7f\\u{9b}e\\u{202e}f"
+            "a\\x1b[2Jb\\nc\\r\\td\\x7f\\u009be\\u202ef"
         );
     }
 

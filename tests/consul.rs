@@ -45,6 +45,8 @@ trap 'exec 3<>/dev/tcp/127.0.0.1/$port
       printf "GET /v1/agent/service/%s HTTP/1.0\r\n\r\n" "$id" >&3
       head -n1 <&3 | tr -d "\r" > "$dir/on_sigterm.tmp" && mv "$dir/on_sigterm.tmp" "$dir/on_sigterm"
       exit 0' TERM
+# Written after the trap is set: a test that sends SIGTERM waits for this file first.
+printf %s "${MICROINIT_SERVICE_ID:-}" > "$dir/service_id"
 while [ ! -e "$dir/stop" ]; do sleep 0.05 & wait $!; done
 if [ -n "${CRASH_SIG:-}" ]; then kill -"$CRASH_SIG" $$; fi
 exit "${EXIT_CODE:-0}"
@@ -69,14 +71,9 @@ impl Run {
             // --kill-child: a test that fails half-way leaves no microinit behind.
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
             .arg(microinit_bin())
-            .args([
-                "--consul-addr",
-                agent_addr,
-                "--service-id",
-                id,
-                "--check-ttl",
-                "4s",
-            ])
+            .args(["--consul-addr", agent_addr, "--check-ttl", "4s"])
+            // An empty id: let microinit pick its default.
+            .args(["--service-id", id].into_iter().filter(|_| !id.is_empty()))
             .args(args)
             .args(["--", "bash", "-c", APP, "app"])
             .arg(dir)
@@ -84,7 +81,7 @@ impl Run {
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("create stderr log"))
             .spawn()
             .expect("spawn unshare (needs root)");
         Run {
@@ -92,7 +89,6 @@ impl Run {
             dir: dir.clone(),
         }
     }
-
 }
 
 impl Drop for Run {
@@ -105,8 +101,8 @@ impl Drop for Run {
 }
 
 impl Run {
-    /// What microinit wrote to stderr so far.
-    fn stderr(&self) -> String {
+    /// What microinit logged so far.
+    fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
 
@@ -128,7 +124,16 @@ impl Run {
         pid
     }
 
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    /// SIGTERM to microinit (what `docker stop` sends).
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.microinit_pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to microinit");
+    }
+
+    fn wait(mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.unshare.try_wait().expect("try_wait") {
@@ -138,7 +143,7 @@ impl Run {
                 let _ = self.unshare.kill();
                 panic!(
                     "microinit did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr()
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -165,7 +170,7 @@ fn passing_when_ready_then_deregistered_after_exit() {
         "--ready",
         "immediate",
     ];
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &agent.addr(),
         "it-exit-1",
@@ -195,7 +200,7 @@ fn passing_when_ready_then_deregistered_after_exit() {
 fn deregistered_after_crash() {
     let agent = DevAgent::start();
     let dir = scratch("crash");
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &agent.addr(),
         "it-crash-1",
@@ -216,7 +221,7 @@ fn deregistered_after_crash() {
 fn sigterm_deregisters_before_the_app_gets_it() {
     let agent = DevAgent::start();
     let dir = scratch("term");
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &agent.addr(),
         "it-term-1",
@@ -224,12 +229,10 @@ fn sigterm_deregisters_before_the_app_gets_it() {
         &[],
     );
     wait_until("it-term passing", SOON, || passing(&agent, "it-term"));
-    let pid = run.microinit_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM to microinit");
+    wait_until("the app's SIGTERM trap set", SOON, || {
+        dir.join("service_id").exists()
+    });
+    run.sigterm();
     let st = run.wait(SOON);
     assert_eq!(st.code(), Some(0), "the app's trap exits 0");
     let seen =
@@ -257,7 +260,7 @@ fn health_command_states_reach_consul() {
         "--health-interval",
         "200ms",
     ];
-    let mut run = Run::start(&dir, &agent.addr(), "it-health-1", &args, &[]);
+    let run = Run::start(&dir, &agent.addr(), "it-health-1", &args, &[]);
     let check = |status: &str, output: &str| {
         let c = &agent.checks(None)["microinit:it-health-1"];
         c["Status"] == status && c["Output"].as_str().is_some_and(|o| o.contains(output))
@@ -288,7 +291,7 @@ fn black_holed_agent_delays_exit_by_at_most_the_bound() {
     let dir = scratch("hole");
     std::fs::write(dir.join("stop"), "").expect("touch stop"); // the app exits at once
     let t0 = Instant::now();
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &addr,
         "it-hole-1",
@@ -309,7 +312,7 @@ fn black_holed_agent_delays_exit_by_at_most_the_bound() {
 fn consul_required_and_agent_down_exits_125() {
     let port = dev_agent::free_port();
     let dir = scratch("required");
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &format!("127.0.0.1:{port}"),
         "it-req-1",
@@ -321,7 +324,7 @@ fn consul_required_and_agent_down_exits_125() {
 
 /// The app keeps a line of microinit's stderr: wait for it (the start line, a warning, a retry).
 fn wait_stderr(run: &Run, what: &str, needle: &str) {
-    wait_until(what, SOON, || run.stderr().contains(needle));
+    wait_until(what, SOON, || run.log().contains(needle));
 }
 
 /// The check's output as Consul shows it (empty when the check is unknown).
@@ -358,7 +361,7 @@ fn a_unix_socket_agent_gets_registration_heartbeats_and_deregistration() {
         "--health-interval",
         "100ms",
     ];
-    let mut run = Run::start(&dir, &addr, "it-unix-1", &args, &[]);
+    let run = Run::start(&dir, &addr, "it-unix-1", &args, &[]);
     wait_until("it-unix passing", SOON, || passing(&agent, "it-unix"));
     heartbeats_arrive(&agent, "microinit:it-unix-1");
     wait_stderr(
@@ -380,7 +383,7 @@ fn a_one_off_command_with_a_service_port_is_never_passing() {
     let dir = scratch("oneoff");
     let port = dev_agent::free_port().to_string();
     // Image defaults (service name and port in the environment), and a command that never listens.
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &agent.addr(),
         "it-oneoff-1",
@@ -451,7 +454,7 @@ fn no_token_reaches_the_app_hooks_or_health_command_unless_passed_explicitly() {
         if pass {
             args.push("--pass-consul-token");
         }
-        let mut run = Run::start(&dir, &agent.addr(), id, &args, &secrets);
+        let run = Run::start(&dir, &agent.addr(), id, &args, &secrets);
         let check = format!("microinit:{id}");
         // The health command's output (its whole environment) is the check's output in Consul.
         wait_until("the health output in Consul", SOON, || {
@@ -493,7 +496,7 @@ fn a_rotated_token_file_is_picked_up_when_the_agent_refuses_the_old_token() {
         "200ms",
     ];
     let env = [("CONSUL_HTTP_TOKEN_FILE", token_file.to_str().expect("utf8"))];
-    let mut run = Run::start(&dir, &agent.addr(), "it-rotate-1", &args, &env);
+    let run = Run::start(&dir, &agent.addr(), "it-rotate-1", &args, &env);
     let check = "microinit:it-rotate-1";
     let status = || agent.check_status(check, Some(master));
     wait_until("passing with the first token", SOON, || {
@@ -534,7 +537,7 @@ fn an_acl_denial_deregisters_nothing_and_promises_no_reaping() {
     std::fs::write(dir.join("stop"), "").expect("touch stop"); // the app exits at once
                                                                // A token for another service: registering this one is denied.
     let token = agent.write_token(master, "someone-else");
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &agent.addr(),
         "it-denied-1",
@@ -564,7 +567,7 @@ fn redirects_from_the_agent_address_are_errors_naming_the_status() {
         }
     });
     let dir = scratch("redirect");
-    let mut run = Run::start(
+    let run = Run::start(
         &dir,
         &addr,
         "it-redirect-1",
@@ -696,7 +699,7 @@ mod tls {
             // The address names 127.0.0.1; the name to verify is the agent's standard one.
             ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
         ];
-        let mut run = Run::start(
+        let run = Run::start(
             &dir,
             &addr,
             "it-mtls-1",
@@ -733,7 +736,7 @@ mod tls {
                 env.push(("CONSUL_CACERT", s(&tls.ca)));
             }
             env.push(extra);
-            let mut run = Run::start(
+            let run = Run::start(
                 &dir,
                 &addr,
                 "it-tlsbad-1",
@@ -746,7 +749,7 @@ mod tls {
             assert!(agent.service("it-tlsbad-1", None).is_none());
         }
         // Right CA, no client certificate: the agent (verify_incoming) refuses the handshake.
-        let mut run = Run::start(
+        let run = Run::start(
             &dir,
             &addr,
             "it-tlsbad-1",
@@ -765,7 +768,7 @@ mod tls {
             ("CONSUL_CLIENT_CERT", s(&tls.client_cert)),
             ("CONSUL_CLIENT_KEY", s(&tls.client_key)),
         ];
-        let mut run = Run::start(
+        let run = Run::start(
             &dir,
             &addr,
             "it-noverify-1",
@@ -784,4 +787,299 @@ mod tls {
         assert_eq!(run.wait(SOON).code(), Some(0));
         assert!(agent.service("it-noverify-1", None).is_none());
     }
+}
+
+/// Registrations microinit reports in its log (every one is logged at info).
+fn registrations(log: &str) -> usize {
+    log.matches("consul: registered service").count()
+}
+
+#[test]
+fn two_replicas_with_one_hostname_and_different_ports_are_two_instances() {
+    let agent = DevAgent::start();
+    // Both share this machine's hostname, as replicas with --network host do; no --service-id.
+    let runs: Vec<Run> = ["8001", "8002"]
+        .iter()
+        .map(|port| {
+            let dir = scratch(&format!("replica-{port}"));
+            // Nothing listens on the port: readiness would otherwise wait for it.
+            let args = [
+                "--service-name",
+                "it-replica",
+                "--service-port",
+                port,
+                "--ready",
+                "immediate",
+            ];
+            Run::start(&dir, &agent.addr(), "", &args, &[])
+        })
+        .collect();
+    wait_until("both replicas passing", SOON, || {
+        agent.passing_instances("it-replica") == 2
+    });
+    // Each app is told its own ID, the one it is registered under.
+    let ids: Vec<String> = runs
+        .iter()
+        .map(|r| std::fs::read_to_string(r.dir.join("service_id")).unwrap_or_default())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        assert!(agent.service(id, None).is_some(), "{id:?} not registered");
+    }
+    let mut runs = runs.into_iter();
+    let first = runs.next().expect("first replica");
+    first.stop_app();
+    assert_eq!(first.wait(SOON).code(), Some(0));
+    assert_eq!(
+        agent.passing_instances("it-replica"),
+        1,
+        "stopping one replica must leave the other registered"
+    );
+    for r in runs {
+        r.stop_app();
+        assert_eq!(r.wait(SOON).code(), Some(0));
+    }
+    assert_eq!(agent.passing_instances("it-replica"), 0);
+}
+
+#[test]
+fn a_heartbeat_that_times_out_is_retried_as_a_heartbeat_not_a_registration() {
+    let agent = DevAgent::start();
+    let dir = scratch("stall");
+    let run = Run::start(
+        &dir,
+        &agent.addr(),
+        "it-stall-1",
+        &["--service-name", "it-stall"],
+        &[],
+    );
+    wait_until("it-stall passing", SOON, || passing(&agent, "it-stall"));
+    // Heartbeats go every ~2 s (TTL 4 s): a 3 s stall makes at least one time out (800 ms per call).
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_until("a heartbeat failure in the log", SOON, || {
+        run.log().contains("/v1/agent/check/update/")
+    });
+    wait_until("passing again after the stall", SOON, || {
+        agent.check_status("microinit:it-stall-1", None).as_deref() == Some("passing")
+    });
+    // One more heartbeat period: a late re-registration would show up by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = run.log();
+    assert_eq!(
+        registrations(&log),
+        1,
+        "the service still existed: no re-registration expected\n{log}"
+    );
+    run.stop_app();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    assert!(agent.service("it-stall-1", None).is_none());
+}
+
+/// A stalled agent, as microinit sees it, in front of a real one: while holding, registration requests are
+/// read and kept unanswered (microinit times out and gives up on them); everything else passes through.
+/// `replay` then hands the kept requests to the agent, as a stalled agent executes its backlog late.
+struct StallingProxy {
+    addr: String,
+    held: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl StallingProxy {
+    fn start(agent: &str) -> StallingProxy {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = l.local_addr().expect("proxy addr").to_string();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (agent, keep) = (agent.to_string(), held.clone());
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let (agent, keep) = (agent.clone(), keep.clone());
+                std::thread::spawn(move || {
+                    let req = read_request(&mut c);
+                    if req.starts_with(b"PUT /v1/agent/service/register") {
+                        keep.lock().expect("held").push(req);
+                        std::thread::sleep(Duration::from_secs(5)); // never answered in time
+                        return;
+                    }
+                    if let Ok(mut a) = std::net::TcpStream::connect(&agent) {
+                        let mut resp = Vec::new();
+                        let _ = a.write_all(&with_close(&req));
+                        let _ = a.read_to_end(&mut resp);
+                        let _ = c.write_all(&resp);
+                    }
+                });
+            }
+        });
+        StallingProxy { addr, held }
+    }
+
+    /// Send every kept request to the agent now; returns how many.
+    fn replay(&self, agent: &str) -> usize {
+        use std::io::{Read, Write};
+        let held = std::mem::take(&mut *self.held.lock().expect("held"));
+        for req in &held {
+            let mut a = std::net::TcpStream::connect(agent).expect("connect agent");
+            a.write_all(&with_close(req)).expect("replay");
+            let _ = a.read_to_end(&mut Vec::new());
+        }
+        held.len()
+    }
+}
+
+/// One HTTP/1.1 request: headers, then Content-Length bytes of body.
+fn read_request(c: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return buf;
+            }
+        }
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The request with `Connection: close`, so the agent ends the answer by closing.
+fn with_close(req: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(req);
+    text.replacen("\r\n", "\r\nConnection: close\r\n", 1)
+        .into_bytes()
+}
+
+#[test]
+fn a_registration_replayed_after_the_deregistration_never_shows_passing() {
+    let agent = DevAgent::start();
+    let proxy = StallingProxy::start(&agent.addr());
+    let dir = scratch("replay");
+    let run = Run::start(
+        &dir,
+        &proxy.addr,
+        "it-replay-1",
+        &["--service-name", "it-replay"],
+        &[],
+    );
+    wait_until("a registration given up on", SOON, || {
+        run.log().contains("/v1/agent/service/register")
+    });
+    run.sigterm();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    // The agent executes the registrations microinit gave up on, after the deregistration.
+    assert!(proxy.replay(&agent.addr()) > 0, "nothing to replay");
+    assert!(
+        agent.service("it-replay-1", None).is_some(),
+        "the replayed registration did not reach the agent"
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let st = agent.check_status("microinit:it-replay-1", None);
+        assert_eq!(
+            st.as_deref(),
+            Some("critical"),
+            "a replayed registration must leave a stopped instance critical (Consul reaps it)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_missed_deregistration_bound_says_what_consul_will_do() {
+    let agent = DevAgent::start();
+    let dir = scratch("missed");
+    let run = Run::start(
+        &dir,
+        &agent.addr(),
+        "it-missed-1",
+        // The app's SIGTERM trap asks the stalled agent and hangs: the grace ends it.
+        &["--service-name", "it-missed", "--grace", "500ms"],
+        &[],
+    );
+    wait_until("it-missed passing", SOON, || passing(&agent, "it-missed"));
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    run.sigterm();
+    let log_dir = run.dir.clone();
+    run.wait(SOON);
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    let log = std::fs::read_to_string(log_dir.join("stderr")).unwrap_or_default();
+    assert!(
+        log.contains("the agent did not answer within the deregistration bound (2s")
+            && log.contains("its TTL check turns critical in")
+            && log.contains("Consul removes the service 1m after it turned critical"),
+        "the missed bound must be explained\n{log}"
+    );
+    assert!(!log.contains("will reap"), "{log}");
+}
+
+#[test]
+fn two_hundred_fifty_instances_on_one_agent_all_pass() {
+    const N: usize = 250;
+    let agent = DevAgent::start();
+    let dir = scratch("many");
+    let t0 = Instant::now();
+    let mut children: Vec<Child> = (0..N)
+        .map(|i| {
+            // Not PID 1 here: 250 PID namespaces add nothing to what is measured (the agent's side).
+            Command::new(microinit_bin())
+                .args(["--consul-addr", &agent.addr(), "--service-name", "it-many"])
+                .args([
+                    "--service-port",
+                    &(20000 + i).to_string(),
+                    "--ready",
+                    "immediate",
+                ])
+                .arg("--socket")
+                .arg(dir.join(format!("ctl-{i}.sock")))
+                .args(["--no-runtime-check", "--", "sleep", "1000"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("stderr-{i}"))).expect("stderr log"))
+                .spawn()
+                .expect("spawn microinit")
+        })
+        .collect();
+    let mut n = 0;
+    let all = (|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            n = agent.passing_instances("it-many");
+            if n == N {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })();
+    let took = t0.elapsed();
+    // Stopped in waves of 25, as a rolling update would: each wave's deregistrations fit the agent's pace
+    // (all 250 at once is the mass-stop case, measured by scripts/cluster-e2e.sh).
+    for wave in children.chunks_mut(25) {
+        for c in wave.iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for c in wave.iter_mut() {
+            let _ = c.wait();
+        }
+    }
+    assert!(all, "only {n} of {N} passing after 60 s");
+    eprintln!("{N} instances passing after {took:?}");
+    let (_, left) = agent.get("/v1/agent/services");
+    assert_eq!(
+        left.matches("\"it-many-").count(),
+        0,
+        "every instance deregisters on SIGTERM: {left}"
+    );
 }

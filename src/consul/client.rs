@@ -102,6 +102,10 @@ impl Client {
             .max_redirects(0)
             // The agent is reached directly: an HTTP(S)_PROXY meant for the app must not reroute it.
             .proxy(None)
+            // No idle keep-alive connection per instance: Consul allows 200 connections per client address
+            // (http_max_conns_per_client), and hundreds of microinits behind one address (host networking)
+            // would hold them all while idle. A heartbeat every TTL/2 pays one loopback/LAN connect instead.
+            .max_idle_connections(0)
             .user_agent(concat!("microinit/", env!("CARGO_PKG_VERSION")))
             .build();
         let scheme = if cfg.https { "https" } else { "http" };

@@ -11,15 +11,17 @@
 //! the loop sleeps in read(2) on the signalfd (a connecting control client raises SIGIO), else in poll():
 //! zero CPU while idle either way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
+use crate::config::policy::{ChildSignals, EndOfLife};
+use crate::config::{Config, Dialect, DialectPolicy, Isolation, RestartPolicy, SupervisorConfig};
 use crate::consul::registration::{self, CheckStatus, Registration};
-use crate::control::server::ControlServer;
+use crate::control::server::{ClientId, ControlServer};
+use crate::control::status;
 use crate::init::exit_status::ExitStatus;
 use crate::init::reaper;
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
@@ -27,10 +29,9 @@ use crate::init::spawn::{self, SpawnSpec};
 
 mod control_handler;
 
-/// How long a deregistration may hold up a stop: the worker's own bound (it answers by then, even for a
-/// black-holed agent) plus a margin in case the worker itself is stuck.
-const DEREGISTER_BOUND: Duration =
-    registration::DEREGISTER_BOUND.saturating_add(Duration::from_millis(500));
+/// How long a deregistration may hold up a stop: the worker's own bound (`--deregister-timeout`; it answers
+/// by then, even for a black-holed agent) plus this margin in case the worker itself is stuck.
+const DEREGISTER_MARGIN: Duration = Duration::from_millis(500);
 /// After the final SIGKILL: how long to wait for the kernel to let the last processes go (D state).
 const KILL_SETTLE: Duration = Duration::from_secs(2);
 const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -109,6 +110,8 @@ struct PendingForward {
 /// Everything the loop knows; also what `microinit status` shows.
 pub struct EventLoop {
     cfg: SupervisorConfig,
+    /// The dialect's rules (end of life, what the child inherits, which signals are not forwarded …).
+    policy: DialectPolicy,
     mask: OriginalMask,
     signals: Signals,
     is_pid1: bool,
@@ -121,13 +124,13 @@ pub struct EventLoop {
     /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
     control: Option<ControlServer>,
     dialect: &'static str,
-    /// The control listener raises SIGIO on a connection (or there is no listener).
-    connect_signalled: bool,
-    /// The next idle wait may sleep in read(2) on the signalfd: no connection can be waiting unseen.
-    read_wait_ok: bool,
+    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
+    maintenance_replies: VecDeque<(ClientId, bool)>,
 
     children: HashMap<i32, Owner>,
     app_pid: Option<i32>,
+    /// The app's pid after it exited (dumb-init's end of life signals its group).
+    last_app_pid: Option<i32>,
     app_started: Option<Instant>,
     state: AppState,
     /// A stop was requested (SIGTERM/SIGINT, fatal error): no more restarts.
@@ -157,7 +160,7 @@ pub struct EventLoop {
     zombies_reaped: u64,
     restarts: u32,
     last_exit: Option<ExitStatus>,
-    runtime_check: Option<serde_json::Value>,
+    runtime_check: Option<status::RuntimeCheck>,
 }
 
 struct HealthSchedule {
@@ -173,7 +176,7 @@ pub struct Setup {
     pub signals: Signals,
     pub is_pid1: bool,
     pub app_path: PathBuf,
-    pub runtime_check: Option<serde_json::Value>,
+    pub runtime_check: Option<status::RuntimeCheck>,
 }
 
 impl EventLoop {
@@ -191,23 +194,22 @@ impl EventLoop {
             ),
             None => (Duration::ZERO, false, None),
         };
-        let registration = cfg.consul.map(Registration::start).transpose()?;
+        let registration = cfg
+            .consul
+            .map(|c| {
+                registration::export_service_id(&c);
+                Registration::start(c)
+            })
+            .transpose()?;
         // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
-        let control = cfg.control.and_then(|c| {
+        let mut control = cfg.control.and_then(|c| {
             ControlServer::bind(&c)
                 .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
                 .ok()
         });
-        let connect_signalled = control.as_ref().is_none_or(|c| {
-            c.signal_on_connect()
-                .map_err(|e| log::debug!("control socket: no SIGIO on connect ({e}); polling it"))
-                .is_ok()
-        });
-        // A client that connected before the listener was told to signal raised no SIGIO: poll first then.
-        let read_wait_ok = connect_signalled
-            && !control
-                .as_ref()
-                .is_some_and(ControlServer::connection_waiting);
+        if let Some(Err(e)) = control.as_mut().map(ControlServer::signal_on_connect) {
+            log::debug!("control socket: no SIGIO on connect ({e}); polling it");
+        }
         let dialect = match cfg.dialect {
             Dialect::Microinit => "microinit",
             Dialect::Tini => "tini",
@@ -226,11 +228,12 @@ impl EventLoop {
             consul_required,
             control,
             dialect,
-            connect_signalled,
-            read_wait_ok,
+            maintenance_replies: VecDeque::new(),
+            policy: cfg.policy,
             cfg: cfg.supervisor,
             children: HashMap::new(),
             app_pid: None,
+            last_app_pid: None,
             app_started: None,
             state: AppState::Starting,
             stopping: false,
@@ -303,6 +306,10 @@ impl EventLoop {
         if gave_up {
             log::warn!("processes still alive after SIGKILL and {KILL_SETTLE:?}; exiting anyway");
         }
+        if matches!(self.policy.end_of_life, EndOfLife::ExitAtOnce { .. }) {
+            // tini and dumb-init leave what is left to the kernel: as PID 1 our exit SIGKILLs the namespace.
+            return Some(code);
+        }
         // ECHILD: the last descendant is reaped, nothing to wait for (no fixed sleep, unlike s6-overlay).
         (no_children || gave_up).then_some(code)
     }
@@ -310,6 +317,33 @@ impl EventLoop {
     // ---- waiting ---------------------------------------------------------------------------------
 
     fn wait_for_events(&mut self) {
+        let timeout = match self.next_deadline() {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                // Round up: waking a hair early would spin until the deadline passes.
+                d.as_millis().min(i32::MAX as u128) as i32
+                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+            }
+        };
+        // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
+        // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
+        // signal-forwarding path (scripts/bench.sh).
+        let health_running = self
+            .children
+            .values()
+            .any(|o| matches!(o, Owner::Health { .. }));
+        if timeout == -1
+            && self.registration.is_none()
+            && !health_running
+            && self
+                .control
+                .as_ref()
+                .is_none_or(ControlServer::may_sleep_in_read)
+        {
+            self.wait_in_read();
+            return;
+        }
         let mut fds = vec![libc::pollfd {
             fd: self.signals.raw_fd(),
             events: libc::POLLIN,
@@ -332,55 +366,25 @@ impl EventLoop {
             }
         }
         if let Some(c) = &self.control {
-            fds.extend(c.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
-                fd,
-                events: events.bits(),
-                revents: 0,
-            }));
-        }
-        let timeout = match self.next_deadline() {
-            None => -1,
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                // Round up: waking a hair early would spin until the deadline passes.
-                d.as_millis().min(i32::MAX as u128) as i32
-                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
-        // Nothing to wait for but signals and new control clients (which raise SIGIO): sleep in read(2) on
-        // the signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
-        // signal-forwarding path (about 4 µs of 35, scripts/bench.sh).
-        let only_listener = self
-            .control
-            .as_ref()
-            .map_or(fds.len() == 1, |c| c.is_idle() && fds.len() == 2);
-        if self.read_wait_ok && timeout == -1 && only_listener {
-            self.wait_in_read();
-            return;
+            c.push_poll_fds(&mut fds);
         }
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        let ready: Vec<RawFd> = fds
-            .iter()
-            .filter(|p| p.revents != 0)
-            .map(|p| p.fd)
-            .collect();
-        // poll is level-triggered: once it saw the listener idle, every later connection raises SIGIO.
-        self.read_wait_ok = self.connect_signalled
-            && !self
-                .control
-                .as_ref()
-                .is_some_and(|c| ready.contains(&c.listener_fd()));
         if n <= 0 {
-            return; // timeout or EINTR (cannot happen with every signal blocked, but harmless)
+            // Timeout or EINTR (cannot happen with every signal blocked, but harmless). A control client past
+            // its time limit is dropped by on_timers.
+            return;
         }
-        if ready.contains(&self.signals.raw_fd()) {
-            for s in self.signals.drain() {
+        let ready = |fd: RawFd| fds.iter().any(|p| p.fd == fd && p.revents != 0);
+        if ready(self.signals.raw_fd()) {
+            // One batch: the rest (a storm) waits for the next turn, after the other fds had theirs.
+            let batch = self.signals.next_batch();
+            for s in batch.iter() {
                 self.on_signal(s);
             }
         }
         if let Some(r) = &self.registration {
-            if ready.contains(&r.wake_fd().as_raw_fd()) {
+            if ready(r.wake_fd().as_raw_fd()) {
                 let events = r.take_events();
                 for ev in events {
                     self.on_worker_event(ev);
@@ -389,43 +393,21 @@ impl EventLoop {
         }
         for owner in self.children.values_mut() {
             if let Owner::Health { output, buf, .. } = owner {
-                if ready.contains(&output.as_raw_fd()) {
+                if ready(output.as_raw_fd()) {
                     read_capped(output.as_raw_fd(), buf);
                 }
             }
         }
-        // Taken out for the call: the server needs the loop itself as its handler.
-        if let Some(mut c) = self.control.take() {
-            c.on_ready(&ready, Instant::now(), self);
-            self.control = Some(c);
-        }
+        self.serve_control(&fds);
     }
 
-    /// The idle wait: signals, and SIGIO for a control client (accepted here; the next wait polls it).
+    /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it.
     fn wait_in_read(&mut self) {
-        let mut connected = false;
-        for s in self.signals.wait() {
-            if s.signo == libc::SIGIO {
-                // SIGIO is a standard signal: one sent with kill(2) and a connection's can coalesce into
-                // one, hiding the connection. Poll next time so the listener is looked at either way.
-                self.read_wait_ok = false;
-            }
-            if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-                connected = true;
-            } else {
-                self.on_signal(s);
-            }
+        let batch = self.signals.wait_batch();
+        for s in batch.iter() {
+            self.on_signal(s);
         }
-        if !connected {
-            return;
-        }
-        // Poll next: a connection accept(2) had to leave queued (EMFILE) raises no second SIGIO.
-        self.read_wait_ok = false;
-        if let Some(mut c) = self.control.take() {
-            let listener = c.listener_fd();
-            c.on_ready(&[listener], Instant::now(), self);
-            self.control = Some(c);
-        }
+        self.serve_control(&[]);
     }
 
     /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
@@ -488,9 +470,7 @@ impl EventLoop {
             self.spawn_app();
         }
         if self.deregistering_until.is_some_and(|t| now >= t) {
-            log::warn!(
-                "Consul deregistration did not finish within {DEREGISTER_BOUND:?}; going on"
-            );
+            log::warn!("Consul deregistration did not finish within its bound; going on");
             self.deregistering_until = None;
         }
         self.advance_pending_forward(now);
@@ -538,23 +518,32 @@ impl EventLoop {
 
     fn on_signal(&mut self, s: signals::Received) {
         let sig = s.signo;
-        if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-            return; // a control client connected (poll already saw it): ours, not the app's
+        if sig == libc::SIGIO {
+            if let Some(c) = &mut self.control {
+                // Whatever poll saw, look at the listener: this SIGIO may be a connection's, or hide one.
+                c.on_sigio();
+                if c.is_connect(&s) {
+                    return; // ours, not the app's
+                }
+            }
         }
         if sig == libc::SIGCHLD {
             self.reap_due = true;
             return;
         }
-        if !signals::is_forwardable(sig) {
+        if !signals::is_forwardable(sig) || self.policy.not_forwarded.contains(&sig) {
             return;
         }
         // Without our own process group the terminal's signals (Ctrl-C, sent by the kernel to the whole
         // foreground group) already reached the app; forwarding would deliver them twice.
-        if self.cfg.isolation == Isolation::None && s.code == libc::SI_KERNEL {
+        if self.cfg.isolation == Isolation::None
+            && s.code == libc::SI_KERNEL
+            && !self.policy.forward_kernel_signals_to_shared_group
+        {
             return;
         }
         self.deliver(sig);
-        if signals::is_tty_stop(sig) {
+        if signals::is_tty_stop(sig) && self.policy.tty_stop_suspends_init {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)
             spawn::kill(std::process::id() as i32, libc::SIGSTOP);
@@ -602,15 +591,15 @@ impl EventLoop {
         if self.app_pid.is_none() {
             // Between restarts (or before the first start): nothing to forward to; exit with what we have.
             self.respawn_at = None;
-            let status = self
-                .last_exit
-                .map_or(128 + signal, |s| s.remapped(&self.cfg.remap_exit));
+            let status = self.last_exit.map_or(128 + signal, |s| {
+                s.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths)
+            });
             self.begin_exit(status);
             return;
         }
         let deregister_until = self.registration.as_ref().map(|r| {
             r.send(registration::Command::Deregister);
-            Instant::now() + DEREGISTER_BOUND
+            Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN
         });
         self.pending_forward = Some(PendingForward {
             signal,
@@ -631,9 +620,7 @@ impl EventLoop {
             if now < until {
                 return;
             }
-            log::warn!(
-                "deregistration not confirmed within {DEREGISTER_BOUND:?}; forwarding anyway"
-            );
+            log::warn!("deregistration not confirmed within its bound; forwarding anyway");
             p.deregister_until = None;
             p.not_before = Some(now);
         }
@@ -665,7 +652,7 @@ impl EventLoop {
 
     fn forward_stop(&mut self, signal: i32) {
         self.forward(signal);
-        if self.app_pid.is_some() && self.kill_app_at.is_none() {
+        if self.app_pid.is_some() && self.kill_app_at.is_none() && self.policy.kill_after_grace {
             self.kill_app_at = Some(Instant::now() + self.cfg.grace);
         }
     }
@@ -699,11 +686,21 @@ impl EventLoop {
             take_tty: self.take_tty,
             pdeathsig: self.cfg.pdeathsig,
             output: None,
-            mask: self.mask,
+            mask: match self.policy.child_signals {
+                ChildSignals::Inherited => self.mask,
+                ChildSignals::Reset => OriginalMask::empty(),
+            },
+            default_dispositions: self.policy.child_signals == ChildSignals::Reset,
         };
         match spawn::spawn(&spec) {
             Ok(pid) => {
                 log::info!("started {} as pid {pid}", self.app_path.display());
+                if self.policy.chdir_root {
+                    // dumb-init: the init pins no directory (the app keeps the caller's).
+                    if let Err(e) = nix::unistd::chdir("/") {
+                        log::debug!("cannot chdir to /: {e}");
+                    }
+                }
                 self.children.insert(pid, Owner::App);
                 self.no_children = false;
                 self.app_pid = Some(pid);
@@ -717,8 +714,26 @@ impl EventLoop {
                 }
             }
             Err(e) => {
-                eprintln!("microinit: {e}");
-                let status = ExitStatus::Code(e.exit_code());
+                let code = match (&e, self.policy.exec_failure) {
+                    (spawn::SpawnError::Exec { errno, .. }, style)
+                        if style != crate::config::policy::ExecFailure::Microinit =>
+                    {
+                        let name = self.cfg.command[0].to_string_lossy();
+                        let (code, line) = crate::config::policy::exec_failure(
+                            style,
+                            &name,
+                            *errno as i32,
+                            std::process::id(),
+                        );
+                        eprintln!("{line}");
+                        code
+                    }
+                    _ => {
+                        eprintln!("microinit: {e}");
+                        e.exit_code()
+                    }
+                };
+                let status = ExitStatus::Code(code);
                 self.last_exit = Some(status);
                 self.after_app_exit(status);
             }
@@ -727,7 +742,7 @@ impl EventLoop {
 
     fn on_app_exit(&mut self, status: ExitStatus) {
         log::info!("app (pid {}) ended: {status}", self.app_pid.unwrap_or(0));
-        self.app_pid = None;
+        self.last_app_pid = self.app_pid.take();
         self.kill_app_at = None;
         self.last_exit = Some(status);
         self.after_app_exit(status);
@@ -776,7 +791,7 @@ impl EventLoop {
         if policy_restarts && !under_max && !self.stopping {
             log::warn!("app {status}; giving up after {} restarts", self.restarts);
         }
-        self.begin_exit(status.remapped(&self.cfg.remap_exit));
+        self.begin_exit(status.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths));
     }
 
     /// The app is gone for good: deregister, post-stop hook, then sweep what is left.
@@ -786,11 +801,26 @@ impl EventLoop {
         self.pending_forward = None;
         if let Some(r) = &self.registration {
             r.send(registration::Command::Deregister);
-            self.deregistering_until = Some(Instant::now() + DEREGISTER_BOUND);
+            self.deregistering_until =
+                Some(Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN);
+        }
+        if let (EndOfLife::ExitAtOnce { signal_group: true }, Some(pid)) =
+            (self.policy.end_of_life, self.last_app_pid)
+        {
+            // dumb-init: SIGTERM (after the rewrites, so `-r 15:0` sends nothing) to the app's group.
+            let to = self
+                .cfg
+                .rewrites
+                .iter()
+                .find(|r| r.from == libc::SIGTERM)
+                .map_or(libc::SIGTERM, |r| r.to);
+            if to != 0 {
+                spawn::kill(-pid, to);
+            }
         }
         match self.cfg.hooks.post_stop.clone() {
             Some(cmd) => self.start_hook(HookKind::PostStop, &cmd),
-            None => self.sweep_due = true,
+            None => self.sweep_due = self.policy.end_of_life == EndOfLife::Sweep,
         }
     }
 
@@ -845,7 +875,7 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
-                        log::warn!("reaped zombie pid {pid} ({status})");
+                        log::warn!("Reaped zombie process with pid={pid}");
                     } else {
                         log::debug!("reaped orphan pid {pid} ({status})");
                     }
@@ -868,6 +898,7 @@ impl EventLoop {
             pdeathsig: Some(libc::SIGKILL),
             output,
             mask: self.mask,
+            default_dispositions: false,
         })
     }
 
@@ -1036,10 +1067,7 @@ impl EventLoop {
                     }
                 }
             }
-            registration::Event::MaintenanceResult(r) => match r {
-                Ok(()) => log::info!("maintenance mode updated"),
-                Err(e) => log::error!("maintenance: {e}"),
-            },
+            registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
         }
     }
 }

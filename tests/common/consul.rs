@@ -201,12 +201,22 @@ impl DevAgent {
             "Name": name,
             "Rules": format!("service \"{service}\" {{ policy = \"write\" }}"),
         });
-        let (st, body) = self.request(
-            "PUT",
-            "/v1/acl/policy",
-            Some(master),
-            Some(&policy.to_string()),
+        // Right after start the ACL system answers 500 "in legacy mode" until the leader has set it up.
+        let mut answer = (0, String::new());
+        wait_until(
+            "the ACL system out of legacy mode",
+            Duration::from_secs(30),
+            || {
+                answer = self.request(
+                    "PUT",
+                    "/v1/acl/policy",
+                    Some(master),
+                    Some(&policy.to_string()),
+                );
+                !answer.1.contains("legacy mode")
+            },
         );
+        let (st, body) = answer;
         assert_eq!(st, 200, "create policy: {body}");
         let token = serde_json::json!({"Policies": [{"Name": name}]});
         let (st, body) = self.request(
@@ -357,6 +367,15 @@ impl DevAgent {
     fn is_ours_and_has_leader(&self) -> bool {
         let ours = format!("\"127.0.0.1:{}\"", self.ports[2]);
         matches!(self.try_request("GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
+    }
+
+    /// Stall the agent (SIGSTOP) or let it go on (SIGCONT): the kernel still completes TCP handshakes and
+    /// buffers requests, which the agent executes when it runs again, however late.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            nix::sys::signal::kill(pid, sig).expect("signal the consul agent");
+        }
     }
 
     /// SIGKILL the agent (it forgets every service: dev mode keeps nothing on disk).
