@@ -272,6 +272,7 @@ impl EventLoop {
             }
             let no_children = self.no_children;
             if let Some(code) = self.finished(no_children) {
+                log::trace!("exiting with {code}");
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
                 }
@@ -370,11 +371,11 @@ impl EventLoop {
         }
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n <= 0 {
-            // Timeout or EINTR (cannot happen with every signal blocked, but harmless). A control client past
-            // its time limit is dropped by on_timers.
-            return;
+        if n < 0 {
+            return; // EINTR: cannot happen with every signal blocked, but harmless
         }
+        // On a timeout (n == 0) nothing is ready, but the control server still has its turn: the end of a
+        // rest of its listener is one of the loop's deadlines.
         let ready = |fd: RawFd| fds.iter().any(|p| p.fd == fd && p.revents != 0);
         if ready(self.signals.raw_fd()) {
             // One batch: the rest (a storm) waits for the next turn, after the other fds had theirs.
@@ -849,6 +850,7 @@ impl EventLoop {
     fn reap(&mut self) -> bool {
         let drain = reaper::drain();
         for (pid, status) in drain.exited {
+            log::debug!("reaped pid {pid} ({status})");
             match self.children.remove(&pid) {
                 Some(Owner::App) => self.on_app_exit(status),
                 Some(Owner::Health {
@@ -875,9 +877,8 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
+                        // tini -w's line, which scripts grep.
                         log::warn!("Reaped zombie process with pid={pid}");
-                    } else {
-                        log::debug!("reaped orphan pid {pid} ({status})");
                     }
                 }
             }
