@@ -659,7 +659,13 @@ fn cases() -> Vec<Case> {
             let act = Act::Stop { sig: s, end: 15 };
             add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], tty, act);
         }
-        // On a terminal: Ctrl-C typed.
+        // On a terminal: SIGHUP and SIGCONT after the init gave the terminal up (dumb-init drops only the
+        // kernel's own pair), and Ctrl-C typed.
+        let act = Act::Signals {
+            sigs: vec![1, 18],
+            end: 15,
+        };
+        add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], true, act);
         add(
             tool,
             &format!("{mode} -- OBS DIR rec 15"),
