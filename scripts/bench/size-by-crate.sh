@@ -10,22 +10,19 @@ set -euo pipefail
 bin=${1:?usage: size-by-crate.sh NON-STRIPPED-BINARY}
 nm --size-sort -S -C "$bin" >/dev/null 2>&1 || { echo "size-by-crate: nm cannot read $bin" >&2; exit 1; }
 [ "$(nm "$bin" 2>/dev/null | wc -l)" -gt 100 ] || { echo "size-by-crate: $bin is stripped" >&2; exit 1; }
-nm --size-sort -S -C "$bin" | awk '
-    $3 ~ /^[tTdDrRbB]$/ {
-        size = strtonum("0x" $2)
-        name = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ /, "", name)
-        gsub(/^(<|&|\*const |\*mut |dyn )+/, "", name)
-        crate = (name ~ /^[A-Za-z_][A-Za-z0-9_]*::/) ? name : "(C: musl libc, linker)"
-        sub(/::.*/, "", crate)
-        if (crate ~ /^(core|alloc|std|std_detect|compiler_builtins|panic_abort|rustc_demangle|hashbrown|adler2|miniz_oxide|addr2line|gimli|object|memchr)$/ && crate != "(C: musl libc, linker)")
-            crate = crate " (std)"
-        total[crate] += size; all += size
-    }
+nm --size-sort -S -C "$bin" | perl -ne '
+    my ($addr, $size, $type, $name) = split(/ /, $_, 4) or next;
+    next unless defined $name && $type =~ /^[tTdDrRbB]$/;
+    chomp $name;
+    $name =~ s/^(<|&|\*const |\*mut |mut |dyn )+//;
+    # Methods of primitive types ("<f64 as FromStr>", "<[T] as Debug>") belong to core.
+    $name = "core::$name" if $name =~ /^(\[|str |bool |char |[iuf](8|16|32|64|128|size) )/;
+    my $crate = $name =~ /^([A-Za-z_][A-Za-z0-9_]*)::/ ? $1 : "(C: musl libc, linker)";
+    $crate .= " (std)" if $crate =~ /^(core|alloc|std|std_detect|compiler_builtins|panic_abort|hashbrown|memchr|adler2|miniz_oxide|rustc_demangle)$/;
+    $total{$crate} += hex($size); $all += hex($size);
     END {
-        printf "| crate | bytes | share |\n|---|---:|---:|\n"
-        n = asorti(total, keys)
-        for (k in total) order[sprintf("%012d %s", total[k], k)] = k
-        m = asorti(order, sorted)
-        for (i = m; i >= 1; i--) { c = order[sorted[i]]; printf "| %s | %d | %.1f%% |\n", c, total[c], 100 * total[c] / all }
-        printf "| **all symbols** | %d | |\n", all
+        print "| crate | bytes | share |\n|---|---:|---:|\n";
+        printf "| %s | %d | %.1f%% |\n", $_, $total{$_}, 100 * $total{$_} / $all
+            for sort { $total{$b} <=> $total{$a} } keys %total;
+        print "| **all symbols** | $all | |\n";
     }'
