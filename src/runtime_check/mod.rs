@@ -137,8 +137,9 @@ struct Checker<'a> {
     ld_library_path: Option<OsString>,
     /// /etc/ld.so.cache, indexed on first use.
     ld_cache: Option<LdCache>,
-    /// lstat results of this check (see `node`).
-    nodes: RefCell<HashMap<PathBuf, Result<Node, i32>>>,
+    /// lstat results of this check (see `node`), keyed by the path's bytes: the walk builds every path the
+    /// same way, and hashing bytes costs less than hashing a Path (component by component).
+    nodes: RefCell<HashMap<OsString, Result<Node, i32>>>,
     /// Whether each library search directory exists: a directory that is not there costs one walk, not one
     /// per library (the memo of failed lookups).
     dirs: HashMap<PathBuf, bool>,
