@@ -272,6 +272,7 @@ impl EventLoop {
             }
             let no_children = self.no_children;
             if let Some(code) = self.finished(no_children) {
+                log::trace!("exiting with {code}");
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
                 }
@@ -849,6 +850,7 @@ impl EventLoop {
     fn reap(&mut self) -> bool {
         let drain = reaper::drain();
         for (pid, status) in drain.exited {
+            log::debug!("reaped pid {pid} ({status})");
             match self.children.remove(&pid) {
                 Some(Owner::App) => self.on_app_exit(status),
                 Some(Owner::Health {
@@ -875,9 +877,8 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
+                        // tini -w's line, which scripts grep.
                         log::warn!("Reaped zombie process with pid={pid}");
-                    } else {
-                        log::debug!("reaped orphan pid {pid} ({status})");
                     }
                 }
             }
