@@ -43,7 +43,11 @@ fn run() -> i32 {
             init_logging(LogStyle::Microinit, 0);
             runtime_check::check_main(json, &command, &runtime)
         }
-        Action::Client { request, socket } => control_client::client_main(request, &socket),
+        Action::Client {
+            request,
+            json,
+            socket,
+        } => control_client::client_main(&request, json, &socket),
         Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
     }
 }
