@@ -1166,7 +1166,14 @@ fn two_replicas_from_one_service_file_are_two_instances_at_their_own_addresses()
         .iter()
         .map(|host| {
             let dir = scratch(&format!("svcfile-{host}"));
-            let args = ["--service-file", file.as_str(), "--service-interface", "lo"];
+            let args = [
+                "--service-file",
+                file.as_str(),
+                "--service-interface",
+                "lo",
+                "--ready",
+                "immediate",
+            ];
             Run::start_on_host(Some(host), &dir, &agent.addr(), "", &args, &[])
         })
         .collect();
