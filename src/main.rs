@@ -186,13 +186,9 @@ fn supervise(mut cfg: Config) -> i32 {
         }
         runtime_summary = Some(report.summary());
     }
-    // The runtime check may have waited for the volume, so look again; without it nothing changed since the
-    // first lookup, and walking PATH again would only repeat its stat(2) calls on the start-up path.
-    let app_path = match if cfg.runtime.enabled {
-        resolve()
-    } else {
-        first
-    } {
+    // Look again only when the first lookup failed (a dangling link the check then waited for): otherwise
+    // nothing changed since, and walking PATH again would only repeat its stat(2) calls on the start-up path.
+    let app_path = match first.or_else(|_| resolve()) {
         Ok(p) => p,
         Err(e) => return lookup_failed(&cfg, &e, &name),
     };
