@@ -6,7 +6,7 @@ use std::io::Write;
 
 use microinit::cli::{self, Action};
 use microinit::config::policy::{self, LogStyle, PdeathsigTarget, Subreaper};
-use microinit::config::{Config, Isolation};
+use microinit::config::{self, Config, Isolation};
 use microinit::control::client as control_client;
 use microinit::init::{event_loop, signals, spawn};
 use microinit::runtime_check::{self, which};
@@ -104,6 +104,14 @@ fn supervise(mut cfg: Config) -> i32 {
     init_logging(cfg.policy.log, cfg.verbosity);
     for w in &cfg.warnings {
         log::warn!("{w}");
+    }
+    // The agent credentials are microinit's: no child sees them unless --pass-consul-token says so.
+    if cfg
+        .consul
+        .as_ref()
+        .is_some_and(|c| !c.agent.pass_token_to_children)
+    {
+        spawn::withhold_from_children(&config::consul_agent::CREDENTIAL_VARS);
     }
     // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
     let mask = match signals::block_all() {
