@@ -117,33 +117,51 @@ fn supervise(cfg: Config) -> i32 {
         }
     }
     let mut runtime_json = None;
+    let mut runtime_wait = None;
     if cfg.runtime.enabled {
-        let report = runtime_check::check_waiting(&cfg.supervisor.command, &cfg.runtime);
-        if !report.is_ok() {
-            eprint!("{}", report.missing_message(&cfg.runtime));
-            return 127;
+        if cfg.runtime.wait.is_some() {
+            // A late volume is waited for inside the event loop, which answers signals and `microinit
+            // status` meanwhile.
+            let waiter = runtime_check::Waiter::new(
+                &cfg.supervisor.command,
+                &cfg.runtime,
+                std::time::Instant::now(),
+            );
+            runtime_json = Some(waiter.report().to_json());
+            if !waiter.report().is_ok() {
+                runtime_wait = Some(event_loop::RuntimeWait {
+                    waiter,
+                    cfg: cfg.runtime.clone(),
+                });
+            }
+        } else {
+            let report = runtime_check::check(&cfg.supervisor.command, &cfg.runtime);
+            if !report.is_ok() {
+                eprint!("{}", report.missing_message(&cfg.runtime));
+                return 127;
+            }
+            runtime_json = Some(report.to_json());
         }
-        runtime_json = Some(report.to_json());
     }
-    // The runtime check may have waited for the volume, so look again; without it nothing changed since the
-    // first lookup, and walking PATH again would only repeat its stat(2) calls on the start-up path.
-    let app_path = match if cfg.runtime.enabled {
+    // The runtime check may have brought the command (a link into the volume): look again after it; with
+    // the check off nothing changed since the first lookup, and walking PATH again would only repeat its
+    // stat(2) calls on the start-up path. After a wait, the event loop looks again itself.
+    let app_path = if cfg.runtime.enabled && runtime_wait.is_none() {
         resolve()
     } else {
         first
-    } {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("microinit: {}", e.message(&name));
-            return e.exit_code();
-        }
     };
+    if let (Err(e), None) = (&app_path, &runtime_wait) {
+        eprintln!("microinit: {}", e.message(&name));
+        return e.exit_code();
+    }
     let setup = event_loop::Setup {
         mask,
         signals,
         is_pid1,
         app_path,
         runtime_check: runtime_json,
+        runtime_wait,
     };
     match event_loop::EventLoop::new(cfg, setup) {
         Ok(l) => l.run(),

@@ -5,6 +5,7 @@
 //! `config`), the runtime check (`runtime_check`), HTTP (`consul`), the socket protocol (`control`).
 
 pub mod event_loop;
+pub mod lifecycle;
 pub mod exit_status;
 pub mod reaper;
 pub mod signals;

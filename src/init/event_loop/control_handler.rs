@@ -6,9 +6,10 @@
 
 use serde_json::{json, Value};
 
-use super::{AppState, EventLoop};
+use super::EventLoop;
 use crate::consul::registration;
 use crate::control::server::ControlHandler;
+use crate::init::lifecycle::Event;
 use crate::init::signals::signal_name;
 
 impl ControlHandler for EventLoop {
@@ -19,15 +20,20 @@ impl ControlHandler for EventLoop {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        // While the lifecycle waits (e.g. for the runtime volume): what for and since when.
+        let waiting = self.waiting_for().map(|(what, since)| {
+            json!({"for": what.describe(), "since_s": since.elapsed().as_secs_f64()})
+        });
         json!({
             "microinit": {"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "dialect": self.dialect},
             "app": {
-                "pid": self.app_pid,
+                "pid": self.app.as_ref().map(|a| a.pid),
                 "command": command,
-                "state": self.state.as_str(),
-                "uptime_s": self.app_started.map(|t| t.elapsed().as_secs_f64()),
-                "restarts": self.restarts,
-                "last_exit": self.last_exit.map(|s| s.to_json()),
+                "state": self.lifecycle.state_name(),
+                "waiting": waiting,
+                "uptime_s": self.app.as_ref().map(|a| a.started.elapsed().as_secs_f64()),
+                "restarts": self.lifecycle.restarts(),
+                "last_exit": self.lifecycle.last_exit().map(|s| s.to_json()),
             },
             "signals_forwarded": self.signals_forwarded,
             "zombies_reaped": self.zombies_reaped,
@@ -38,9 +44,11 @@ impl ControlHandler for EventLoop {
 
     fn signal(&mut self, sig: i32) -> Result<String, String> {
         let pid = self
-            .app_pid
+            .app
+            .as_ref()
+            .map(|a| a.pid)
             .ok_or_else(|| format!("no app running; {} not sent", signal_name(sig)))?;
-        self.deliver(sig);
+        self.dispatch(Event::Signal(sig));
         Ok(format!(
             "{} delivered to the app (pid {pid}) by microinit's rules",
             signal_name(sig)
@@ -48,35 +56,9 @@ impl ControlHandler for EventLoop {
     }
 
     fn restart(&mut self) -> Result<String, String> {
-        if self.stopping || self.state == AppState::Exited {
-            return Err("microinit is stopping; not restarting the app".into());
-        }
-        match self.app_pid {
-            Some(pid) if self.restart_requested => Ok(format!(
-                "a restart is already under way (waiting for pid {pid} to exit)"
-            )),
-            Some(pid) => {
-                // The exit is routed to after_app_exit, which respawns at once when restart_requested is set.
-                self.restart_requested = true;
-                self.state = AppState::Restarting;
-                if let Some(r) = &self.registration {
-                    r.send(registration::Command::AppDown {
-                        reason: "restart requested (microinit restart)".into(),
-                    });
-                }
-                self.forward_stop(libc::SIGTERM);
-                Ok(format!(
-                    "restarting the app: SIGTERM sent to pid {pid}, SIGKILL after {:?} if it is still running",
-                    self.cfg.grace
-                ))
-            }
-            // Between restarts (backoff) or before the pre-start hook finished: start without waiting.
-            None if self.respawn_at.is_some() => {
-                self.respawn_at = Some(std::time::Instant::now());
-                Ok("the app was waiting to restart; starting it now".into())
-            }
-            None => Err("the app is not running yet (pre-start hook); nothing to restart".into()),
-        }
+        let answer = self.lifecycle.restart_answer()?;
+        self.dispatch(Event::Restart);
+        Ok(answer.into())
     }
 
     fn maintenance(&mut self, on: bool, reason: Option<String>) -> Result<String, String> {
