@@ -213,7 +213,12 @@ fn the_opt_in_stop_timeout_kills_an_app_that_ignores_sigterm() {
     let f = tempdir("stop-timeout").join("sig");
     let rec = helper("sigrec");
     let p = Pid1::start(
-        &["--", rec.to_str().unwrap(), f.to_str().unwrap(), "--ignore-term"],
+        &[
+            "--",
+            rec.to_str().unwrap(),
+            f.to_str().unwrap(),
+            "--ignore-term",
+        ],
         &[("MICROINIT_STOP_TIMEOUT", "300ms")],
     );
     wait_ready(&f);
@@ -221,7 +226,10 @@ fn the_opt_in_stop_timeout_kills_an_app_that_ignores_sigterm() {
     let (st, err) = p.wait(T);
     assert_eq!(exit_code(st), 128 + libc::SIGKILL, "{err}");
     assert_eq!(recorded(&f), vec![libc::SIGTERM]);
-    assert!(err.contains("--stop-timeout"), "the SIGKILL is announced: {err}");
+    assert!(
+        err.contains("--stop-timeout"),
+        "the SIGKILL is announced: {err}"
+    );
 }
 
 #[test]

@@ -586,7 +586,10 @@ fn build_config(
         }
     }
     if opts.get("MICROINIT_STOP_TIMEOUT").is_some() {
-        stop.stop_timeout = Some(opts.duration("MICROINIT_STOP_TIMEOUT", DEFAULT_GRACE).map_err(e)?);
+        stop.stop_timeout = Some(
+            opts.duration("MICROINIT_STOP_TIMEOUT", DEFAULT_GRACE)
+                .map_err(e)?,
+        );
     }
     let restart = match opts.get("MICROINIT_RESTART").unwrap_or("never") {
         "never" | "no" => RestartPolicy::Never,

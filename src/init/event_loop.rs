@@ -222,7 +222,10 @@ impl EventLoop {
             Action::KillApp => self.kill_app(libc::SIGKILL),
             Action::KillUnexeced => {
                 if let Some(app) = &self.app {
-                    log::info!("stop request before the app's exec: killing pid {}", app.pid);
+                    log::info!(
+                        "stop request before the app's exec: killing pid {}",
+                        app.pid
+                    );
                     spawn::kill(app.pid, libc::SIGKILL);
                 }
             }
@@ -431,9 +434,7 @@ impl EventLoop {
         let Some(w) = &mut self.runtime_wait else {
             return;
         };
-        let complete = w
-            .waiter
-            .recheck(&self.cfg.command, &w.cfg, Instant::now());
+        let complete = w.waiter.recheck(&self.cfg.command, &w.cfg, Instant::now());
         self.runtime_check = Some(w.waiter.report().to_json());
         if !complete {
             return;

@@ -17,7 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{ConsulConfig, Leftovers, RestartPolicy, SignalSet, StopRules, SupervisorConfig};
+use crate::config::{
+    ConsulConfig, Leftovers, RestartPolicy, SignalSet, StopRules, SupervisorConfig,
+};
 use crate::init::exit_status::ExitStatus;
 use crate::init::signals::signal_name;
 
@@ -192,12 +194,20 @@ pub enum StopStep {
 /// The steps of the way out, the app being gone for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStep {
-    Deregistering { until: Instant },
-    PostStop { deadline: Option<Instant> },
+    Deregistering {
+        until: Instant,
+    },
+    PostStop {
+        deadline: Option<Instant>,
+    },
     /// SIGTERM went to what is left; SIGKILL at `kill_at`.
-    Terminating { kill_at: Instant },
+    Terminating {
+        kill_at: Instant,
+    },
     /// SIGKILL went to what is left; exit anyway at `give_up`.
-    Killed { give_up: Instant },
+    Killed {
+        give_up: Instant,
+    },
 }
 
 /// Where the app's life is. Each variant carries its own deadlines.
@@ -259,7 +269,10 @@ pub enum Event {
     /// The app's exec succeeded (the exec-result pipe read EOF).
     Execed,
     AppExited(ExitStatus),
-    HookExited { hook: Hook, end: HookEnd },
+    HookExited {
+        hook: Hook,
+        end: HookEnd,
+    },
     /// The Consul worker answered a deregistration.
     Deregistered,
     /// The Consul worker gave up on registration (fatal only with `--consul-required`).
@@ -328,7 +341,10 @@ impl Actions {
 
     fn push(&mut self, a: Action) {
         // No event yields more than three; a fourth is a bug, caught by the tests in debug builds.
-        debug_assert!(self.len < Actions::CAP, "too many actions: {self:?} + {a:?}");
+        debug_assert!(
+            self.len < Actions::CAP,
+            "too many actions: {self:?} + {a:?}"
+        );
         if let Some(slot) = self.buf.get_mut(self.len) {
             *slot = a;
             self.len += 1;
@@ -741,7 +757,13 @@ impl Lifecycle {
         }
     }
 
-    fn pre_stop_then_forward(&mut self, signal: i32, intent: Intent, now: Instant, out: &mut Actions) {
+    fn pre_stop_then_forward(
+        &mut self,
+        signal: i32,
+        intent: Intent,
+        now: Instant,
+        out: &mut Actions,
+    ) {
         if self.policy.hooks.pre_stop {
             self.phase = Phase::Stopping {
                 signal,
@@ -789,7 +811,10 @@ impl Lifecycle {
             } => {
                 self.last_exit = Some(status);
                 self.restarts += 1;
-                log::info!("app {status}; restarting it as requested (restart {})", self.restarts);
+                log::info!(
+                    "app {status}; restarting it as requested (restart {})",
+                    self.restarts
+                );
                 self.spawn(out);
             }
             Phase::Stopping { .. } | Phase::Signalled { .. } => {
@@ -872,9 +897,10 @@ impl Lifecycle {
         }
         let failed = match end {
             // Killed for its timeout: whatever status the kill left, it failed.
-            HookEnd::Exited(s) if deadline.is_none() => {
-                Some((format!("timed out after {:?}", self.policy.hook_timeout), s.code()))
-            }
+            HookEnd::Exited(s) if deadline.is_none() => Some((
+                format!("timed out after {:?}", self.policy.hook_timeout),
+                s.code(),
+            )),
             HookEnd::Exited(s) if s.success() => None,
             HookEnd::Exited(s) => Some((s.to_string(), s.code())),
             // The loop already said why it could not start.
@@ -997,9 +1023,7 @@ impl Lifecycle {
                     out.push(Action::KillHook(Hook::PreStop));
                 }
             },
-            Phase::Signalled {
-                signal, intent, ..
-            } => {
+            Phase::Signalled { signal, intent, .. } => {
                 log::warn!(
                     "app still running {:?} after {}; sending SIGKILL (--stop-timeout)",
                     self.policy.stop.stop_timeout.unwrap_or_default(),

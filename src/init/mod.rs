@@ -5,8 +5,8 @@
 //! `config`), the runtime check (`runtime_check`), HTTP (`consul`), the socket protocol (`control`).
 
 pub mod event_loop;
-pub mod lifecycle;
 pub mod exit_status;
+pub mod lifecycle;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;

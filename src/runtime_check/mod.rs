@@ -348,7 +348,12 @@ impl Waiter {
             report: check(command, cfg),
         };
         if !w.report.is_ok() {
-            let first = w.report.missing.first().map(Missing::describe).unwrap_or_default();
+            let first = w
+                .report
+                .missing
+                .first()
+                .map(Missing::describe)
+                .unwrap_or_default();
             let wait = cfg.wait.unwrap_or_default();
             log::warn!("runtime incomplete, waiting up to {wait:?} for it (missing: {first})");
             w.recheck(command, cfg, now);
@@ -357,7 +362,12 @@ impl Waiter {
     }
 
     /// Re-arms the watches on what is missing, then checks again; true when the runtime is complete.
-    pub fn recheck(&mut self, command: &[OsString], cfg: &RuntimeCheckConfig, now: Instant) -> bool {
+    pub fn recheck(
+        &mut self,
+        command: &[OsString],
+        cfg: &RuntimeCheckConfig,
+        now: Instant,
+    ) -> bool {
         // Arm first, so a change between this check and the next wait is not missed.
         self.watch = Watch::new(&cfg.root, self.report.missing.iter().flat_map(|m| &m.watch));
         self.report = check(command, cfg);

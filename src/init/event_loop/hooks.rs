@@ -51,7 +51,10 @@ impl EventLoop {
                 );
             }
             Err(e) => {
-                eprintln!("microinit: {} hook failed: could not start: {e}", hook.name());
+                eprintln!(
+                    "microinit: {} hook failed: could not start: {e}",
+                    hook.name()
+                );
                 // Nothing was forked: no SIGCHLD will come, so let the reaper look (ECHILD).
                 self.reap_due = true;
                 self.dispatch(Event::HookExited {

@@ -365,7 +365,11 @@ fn by_default_an_app_that_got_a_stop_is_never_killed() {
     let c = Clock::new();
     let mut l = running(policy(), &c);
     l.on(TERM, c.ms(0));
-    assert_eq!(l.next_deadline(), None, "the orchestrator owns the deadline");
+    assert_eq!(
+        l.next_deadline(),
+        None,
+        "the orchestrator owns the deadline"
+    );
     assert!(acts(l.on(Event::Tick, c.ms(3_600_000))).is_empty());
     assert!(l.app_running());
 }
@@ -788,7 +792,10 @@ fn a_restart_while_backing_off_starts_the_app_now() {
     let c = Clock::new();
     let mut l = running(crashing(policy()), &c);
     crash(&mut l, &c, 0, 1);
-    assert_eq!(l.restart_answer(), Ok("the app was waiting to restart; starting it now"));
+    assert_eq!(
+        l.restart_answer(),
+        Ok("the app was waiting to restart; starting it now")
+    );
     assert_eq!(acts(l.on(Event::Restart, c.ms(2))), [Action::Spawn]);
     assert_eq!(l.restarts(), 2);
 }
@@ -866,7 +873,10 @@ fn a_required_registration_that_fails_stops_the_app_and_exits_125() {
         [Action::Deregister]
     );
     l.on(Event::NoChildren, c.ms(6));
-    assert_eq!(acts(l.on(Event::Deregistered, c.ms(7))), [Action::Exit(125)]);
+    assert_eq!(
+        acts(l.on(Event::Deregistered, c.ms(7))),
+        [Action::Exit(125)]
+    );
 }
 
 #[test]
@@ -974,12 +984,15 @@ fn rewrites_from_the_configuration_fill_the_table_and_leave_the_rest_alone() {
         max_restarts: None,
         hooks: crate::config::Hooks::default(),
         rewrites: vec![
-        crate::config::Rewrite {
-            from: SIGTERM,
-            to: SIGQUIT,
-        },
-        crate::config::Rewrite { from: SIGHUP, to: 0 },
-    ],
+            crate::config::Rewrite {
+                from: SIGTERM,
+                to: SIGQUIT,
+            },
+            crate::config::Rewrite {
+                from: SIGHUP,
+                to: 0,
+            },
+        ],
     };
     let p = Policy::new(&sup, None, Duration::from_secs(1));
     assert_eq!(p.rewritten(SIGTERM), SIGQUIT);
