@@ -12,14 +12,18 @@
 //! signals to wait for, the loop sleeps in read(2) on the signalfd (a connecting control client raises
 //! SIGIO), else in poll(): zero CPU while idle either way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Dialect, Isolation, RuntimeCheckConfig, SupervisorConfig};
+use crate::config::policy::ChildSignals;
+use crate::config::{
+    Config, Dialect, DialectPolicy, Isolation, RuntimeCheckConfig, SupervisorConfig,
+};
 use crate::consul::registration::{self, Registration};
-use crate::control::server::ControlServer;
+use crate::control::server::{ClientId, ControlServer};
+use crate::control::status;
 use crate::init::exit_status::ExitStatus;
 use crate::init::lifecycle::{Action, Actions, Awaited, DownReason, Event, Lifecycle, Policy};
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
@@ -34,16 +38,17 @@ mod hooks;
 use children::Owner;
 use health::HealthSchedule;
 
-/// How long a deregistration may hold up a stop: the worker's own bound (it answers by then, even for a
-/// black-holed agent) plus a margin in case the worker itself is stuck.
-const DEREGISTER_BOUND: Duration =
-    registration::DEREGISTER_BOUND.saturating_add(Duration::from_millis(500));
+/// How long a deregistration may hold up a stop: the worker's own bound (`--deregister-timeout`; it answers
+/// by then, even for a black-holed agent) plus this margin in case the worker itself is stuck.
+const DEREGISTER_MARGIN: Duration = Duration::from_millis(500);
 
 /// The app process, from fork until it is reaped.
 struct App {
     pid: i32,
     /// Until the exec is confirmed (or failed): polled, never read blocking.
     exec_pipe: Option<OwnedFd>,
+    /// The dialect's exit code for a failed exec, when it differs from the child's own 126/127.
+    exec_failure: Option<i32>,
     started: Instant,
 }
 
@@ -60,7 +65,7 @@ pub struct Setup {
     pub is_pid1: bool,
     /// The resolved command, or why it could not be resolved (looked up again after a runtime wait).
     pub app_path: Result<PathBuf, LookupError>,
-    pub runtime_check: Option<serde_json::Value>,
+    pub runtime_check: Option<status::RuntimeCheck>,
     /// Set when the runtime volume is incomplete and `--wait-runtime` allows waiting for it.
     pub runtime_wait: Option<RuntimeWait>,
 }
@@ -68,6 +73,9 @@ pub struct Setup {
 /// Everything the loop knows; also what `microinit status` shows.
 pub struct EventLoop {
     cfg: SupervisorConfig,
+    /// The dialect's rules (what the child inherits, which signals are not forwarded …); its end of life is
+    /// the lifecycle's.
+    policy: DialectPolicy,
     mask: OriginalMask,
     signals: Signals,
     is_pid1: bool,
@@ -78,10 +86,8 @@ pub struct EventLoop {
     /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
     control: Option<ControlServer>,
     dialect: &'static str,
-    /// The control listener raises SIGIO on a connection (or there is no listener).
-    connect_signalled: bool,
-    /// The next idle wait may sleep in read(2) on the signalfd: no connection can be waiting unseen.
-    read_wait_ok: bool,
+    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
+    maintenance_replies: VecDeque<(ClientId, bool)>,
 
     lifecycle: Lifecycle,
     runtime_wait: Option<RuntimeWait>,
@@ -98,30 +104,38 @@ pub struct EventLoop {
 
     signals_forwarded: u64,
     zombies_reaped: u64,
-    runtime_check: Option<serde_json::Value>,
+    runtime_check: Option<status::RuntimeCheck>,
 }
 
 impl EventLoop {
     pub fn new(cfg: Config, setup: Setup) -> std::io::Result<EventLoop> {
         let health = cfg.consul.as_ref().and_then(HealthSchedule::from_config);
-        let policy = Policy::new(&cfg.supervisor, cfg.consul.as_ref(), DEREGISTER_BOUND);
-        let registration = cfg.consul.map(Registration::start).transpose()?;
+        let consul = cfg.consul.clone();
+        let registration = cfg
+            .consul
+            .map(|c| {
+                registration::export_service_id(&c);
+                Registration::start(c)
+            })
+            .transpose()?;
+        let deregister_bound = registration
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.deregister_bound() + DEREGISTER_MARGIN);
+        let policy = Policy::new(
+            &cfg.supervisor,
+            &cfg.policy,
+            consul.as_ref(),
+            deregister_bound,
+        );
         // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
-        let control = cfg.control.and_then(|c| {
+        let mut control = cfg.control.and_then(|c| {
             ControlServer::bind(&c)
                 .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
                 .ok()
         });
-        let connect_signalled = control.as_ref().is_none_or(|c| {
-            c.signal_on_connect()
-                .map_err(|e| log::debug!("control socket: no SIGIO on connect ({e}); polling it"))
-                .is_ok()
-        });
-        // A client that connected before the listener was told to signal raised no SIGIO: poll first then.
-        let read_wait_ok = connect_signalled
-            && !control
-                .as_ref()
-                .is_some_and(ControlServer::connection_waiting);
+        if let Some(Err(e)) = control.as_mut().map(ControlServer::signal_on_connect) {
+            log::debug!("control socket: no SIGIO on connect ({e}); polling it");
+        }
         let dialect = match cfg.dialect {
             Dialect::Microinit => "microinit",
             Dialect::Tini => "tini",
@@ -144,8 +158,8 @@ impl EventLoop {
             health,
             control,
             dialect,
-            connect_signalled,
-            read_wait_ok,
+            maintenance_replies: VecDeque::new(),
+            policy: cfg.policy,
             cfg: cfg.supervisor,
             lifecycle,
             runtime_wait: setup.runtime_wait,
@@ -266,6 +280,41 @@ impl EventLoop {
     // ---- waiting -------------------------------------------------------------------------------------
 
     fn wait_for_events(&mut self) {
+        let timeout = match self.next_deadline() {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                // Round up: waking a hair early would spin until the deadline passes.
+                d.as_millis().min(i32::MAX as u128) as i32
+                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+            }
+        };
+        let exec_pipe = self
+            .app
+            .as_ref()
+            .and_then(|a| a.exec_pipe.as_ref())
+            .map(AsRawFd::as_raw_fd);
+        let runtime_watch = self.runtime_wait.as_ref().and_then(|w| w.waiter.fd());
+        let health_running = self
+            .children
+            .values()
+            .any(|o| matches!(o, Owner::Health { .. }));
+        // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
+        // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
+        // signal-forwarding path (scripts/bench.sh).
+        if timeout == -1
+            && self.registration.is_none()
+            && !health_running
+            && exec_pipe.is_none()
+            && runtime_watch.is_none()
+            && self
+                .control
+                .as_ref()
+                .is_none_or(ControlServer::may_sleep_in_read)
+        {
+            self.wait_in_read();
+            return;
+        }
         let mut fds = vec![libc::pollfd {
             fd: self.signals.raw_fd(),
             events: libc::POLLIN,
@@ -281,10 +330,12 @@ impl EventLoop {
         if let Some(r) = &self.registration {
             watch(r.wake_fd().as_raw_fd());
         }
-        if let Some(p) = self.app.as_ref().and_then(|a| a.exec_pipe.as_ref()) {
-            watch(p.as_raw_fd());
+        // A child stopped before its exec (SIGSTOP from another process) leaves this pipe silent: it is one
+        // fd among the others, so PID 1 goes on answering signals and clients.
+        if let Some(fd) = exec_pipe {
+            watch(fd);
         }
-        if let Some(fd) = self.runtime_wait.as_ref().and_then(|w| w.waiter.fd()) {
+        if let Some(fd) = runtime_watch {
             watch(fd);
         }
         for owner in self.children.values() {
@@ -293,109 +344,52 @@ impl EventLoop {
             }
         }
         if let Some(c) = &self.control {
-            fds.extend(c.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
-                fd,
-                events: events.bits(),
-                revents: 0,
-            }));
-        }
-        let timeout = match self.next_deadline() {
-            None => -1,
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                // Round up: waking a hair early would spin until the deadline passes.
-                d.as_millis().min(i32::MAX as u128) as i32
-                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
-        // Nothing to wait for but signals and new control clients (which raise SIGIO): sleep in read(2) on
-        // the signalfd as catatonit does; poll(2) would add its wake-up and a second syscall to the
-        // signal-forwarding path (scripts/bench.sh).
-        let only_listener = self
-            .control
-            .as_ref()
-            .map_or(fds.len() == 1, |c| c.is_idle() && fds.len() == 2);
-        if self.read_wait_ok && timeout == -1 && only_listener {
-            self.wait_in_read();
-            return;
+            c.push_poll_fds(&mut fds);
         }
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        let ready: Vec<RawFd> = fds
-            .iter()
-            .filter(|p| p.revents != 0)
-            .map(|p| p.fd)
-            .collect();
-        // poll is level-triggered: once it saw the listener idle, every later connection raises SIGIO.
-        self.read_wait_ok = self.connect_signalled
-            && !self
-                .control
-                .as_ref()
-                .is_some_and(|c| ready.contains(&c.listener_fd()));
         if n <= 0 {
-            return; // timeout or EINTR (cannot happen with every signal blocked, but harmless)
+            // Timeout or EINTR (cannot happen with every signal blocked, but harmless). A control client past
+            // its time limit is dropped by on_timers.
+            return;
         }
-        if ready.contains(&self.signals.raw_fd()) {
-            for s in self.signals.drain() {
+        let ready = |fd: RawFd| fds.iter().any(|p| p.fd == fd && p.revents != 0);
+        if ready(self.signals.raw_fd()) {
+            // One batch: the rest (a storm) waits for the next turn, after the other fds had theirs.
+            let batch = self.signals.next_batch();
+            for s in batch.iter() {
                 self.on_signal(s);
             }
         }
         if let Some(r) = &self.registration {
-            if ready.contains(&r.wake_fd().as_raw_fd()) {
+            if ready(r.wake_fd().as_raw_fd()) {
                 for ev in r.take_events() {
                     self.on_worker_event(ev);
                 }
             }
         }
-        let exec_ready = self
-            .app
-            .as_ref()
-            .and_then(|a| a.exec_pipe.as_ref())
-            .is_some_and(|p| ready.contains(&p.as_raw_fd()));
-        if exec_ready {
+        if exec_pipe.is_some_and(ready) {
             self.on_exec_pipe();
         }
-        let watch_ready = self
-            .runtime_wait
-            .as_ref()
-            .and_then(|w| w.waiter.fd())
-            .is_some_and(|fd| ready.contains(&fd));
-        if watch_ready {
+        if runtime_watch.is_some_and(ready) {
             self.recheck_runtime();
         }
-        self.read_health_output(&ready);
-        // Taken out for the call: the server needs the loop itself as its handler.
-        if let Some(mut c) = self.control.take() {
-            c.on_ready(&ready, Instant::now(), self);
-            self.control = Some(c);
-        }
+        let health_ready: Vec<RawFd> = fds
+            .iter()
+            .filter(|p| p.revents != 0)
+            .map(|p| p.fd)
+            .collect();
+        self.read_health_output(&health_ready);
+        self.serve_control(&fds);
     }
 
-    /// The idle wait: signals, and SIGIO for a control client (accepted here; the next wait polls it).
+    /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it.
     fn wait_in_read(&mut self) {
-        let mut connected = false;
-        for s in self.signals.wait() {
-            if s.signo == libc::SIGIO {
-                // SIGIO is a standard signal: one sent with kill(2) and a connection's can coalesce into
-                // one, hiding the connection. Poll next time so the listener is looked at either way.
-                self.read_wait_ok = false;
-            }
-            if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-                connected = true;
-            } else {
-                self.on_signal(s);
-            }
+        let batch = self.signals.wait_batch();
+        for s in batch.iter() {
+            self.on_signal(s);
         }
-        if !connected {
-            return;
-        }
-        // Poll next: a connection accept(2) had to leave queued (EMFILE) raises no second SIGIO.
-        self.read_wait_ok = false;
-        if let Some(mut c) = self.control.take() {
-            let listener = c.listener_fd();
-            c.on_ready(&[listener], Instant::now(), self);
-            self.control = Some(c);
-        }
+        self.serve_control(&[]);
     }
 
     /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
@@ -435,7 +429,7 @@ impl EventLoop {
             return;
         };
         let complete = w.waiter.recheck(&self.cfg.command, &w.cfg, Instant::now());
-        self.runtime_check = Some(w.waiter.report().to_json());
+        self.runtime_check = Some(w.waiter.report().summary());
         if !complete {
             return;
         }
@@ -458,23 +452,32 @@ impl EventLoop {
 
     fn on_signal(&mut self, s: signals::Received) {
         let sig = s.signo;
-        if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-            return; // a control client connected (poll already saw it): ours, not the app's
+        if sig == libc::SIGIO {
+            if let Some(c) = &mut self.control {
+                // Whatever poll saw, look at the listener: this SIGIO may be a connection's, or hide one.
+                c.on_sigio();
+                if c.is_connect(&s) {
+                    return; // ours, not the app's
+                }
+            }
         }
         if sig == libc::SIGCHLD {
             self.reap_due = true;
             return;
         }
-        if !signals::is_forwardable(sig) {
+        if !signals::is_forwardable(sig) || self.policy.not_forwarded.contains(&sig) {
             return;
         }
         // Without our own process group the terminal's signals (Ctrl-C, sent by the kernel to the whole
         // foreground group) already reached the app; forwarding would deliver them twice.
-        if self.cfg.isolation == Isolation::None && s.code == libc::SI_KERNEL {
+        if self.cfg.isolation == Isolation::None
+            && s.code == libc::SI_KERNEL
+            && !self.policy.forward_kernel_signals_to_shared_group
+        {
             return;
         }
         self.dispatch(Event::Signal(sig));
-        if signals::is_tty_stop(sig) {
+        if signals::is_tty_stop(sig) && self.policy.tty_stop_suspends_init {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)
             spawn::kill(std::process::id() as i32, libc::SIGSTOP);
@@ -531,15 +534,26 @@ impl EventLoop {
             take_tty: self.take_tty,
             pdeathsig: self.cfg.pdeathsig,
             output: None,
-            mask: self.mask,
+            mask: match self.policy.child_signals {
+                ChildSignals::Inherited => self.mask,
+                ChildSignals::Reset => OriginalMask::empty(),
+            },
+            default_dispositions: self.policy.child_signals == ChildSignals::Reset,
         };
         match spawn::spawn(&spec) {
             Ok(started) => {
+                if self.policy.chdir_root {
+                    // dumb-init: the init pins no directory (the app keeps the caller's).
+                    if let Err(e) = nix::unistd::chdir("/") {
+                        log::debug!("cannot chdir to /: {e}");
+                    }
+                }
                 self.children.insert(started.pid, Owner::App);
                 self.last_app_pid = Some(started.pid);
                 self.app = Some(App {
                     pid: started.pid,
                     exec_pipe: Some(started.exec_pipe),
+                    exec_failure: None,
                     started: Instant::now(),
                 });
             }
@@ -553,22 +567,37 @@ impl EventLoop {
 
     /// The exec-result pipe is readable: the app execed, or its exec failed (its exit follows).
     fn on_exec_pipe(&mut self) {
-        let Some(app) = &mut self.app else { return };
-        let Some(pipe) = &app.exec_pipe else { return };
-        match spawn::exec_outcome(pipe) {
-            ExecOutcome::Pending => {}
-            ExecOutcome::Execed => {
-                app.exec_pipe = None;
-                self.dispatch(Event::Execed);
-            }
-            ExecOutcome::Failed(errno) => {
-                app.exec_pipe = None;
-                self.report_exec_failure(errno);
-            }
+        let Some(pipe) = self.app.as_ref().and_then(|a| a.exec_pipe.as_ref()) else {
+            return;
+        };
+        let outcome = spawn::exec_outcome(pipe);
+        if outcome == ExecOutcome::Pending {
+            return;
+        }
+        let failure = match outcome {
+            ExecOutcome::Failed(errno) => self.report_exec_failure(errno),
+            _ => None,
+        };
+        if let Some(app) = &mut self.app {
+            app.exec_pipe = None;
+            app.exec_failure = failure;
+        }
+        if outcome == ExecOutcome::Execed {
+            self.dispatch(Event::Execed);
         }
     }
 
-    fn report_exec_failure(&self, errno: nix::errno::Errno) {
+    /// Says why the exec failed, in the dialect's words. The child exits with microinit's own code (127 or
+    /// 126); a dialect with other codes (tini, dumb-init) has its code returned here, to stand for it.
+    fn report_exec_failure(&self, errno: nix::errno::Errno) -> Option<i32> {
+        let style = self.policy.exec_failure;
+        if style != crate::config::policy::ExecFailure::Microinit {
+            let name = self.cfg.command[0].to_string_lossy();
+            let (code, line) =
+                crate::config::policy::exec_failure(style, &name, errno as i32, std::process::id());
+            eprintln!("{line}");
+            return Some(code);
+        }
         if let Ok(path) = &self.app_path {
             let e = SpawnError::Exec {
                 path: path.clone(),
@@ -576,6 +605,7 @@ impl EventLoop {
             };
             eprintln!("microinit: {e}");
         }
+        None
     }
 
     fn on_app_started(&mut self) {
@@ -588,7 +618,7 @@ impl EventLoop {
         self.health_app_started();
     }
 
-    fn on_app_exit(&mut self, status: ExitStatus) {
+    fn on_app_exit(&mut self, mut status: ExitStatus) {
         let Some(mut app) = self.app.take() else {
             return;
         };
@@ -596,8 +626,11 @@ impl EventLoop {
             // Exited before the loop saw the pipe: an exec failure is there to read (never blocks: the
             // child is gone, so the pipe holds its errno or is at EOF).
             if let ExecOutcome::Failed(errno) = spawn::exec_outcome(&pipe) {
-                self.report_exec_failure(errno);
+                app.exec_failure = self.report_exec_failure(errno);
             }
+        }
+        if let Some(code) = app.exec_failure {
+            status = ExitStatus::Code(code);
         }
         log::info!("app (pid {}) ended: {status}", app.pid);
         self.health_app_stopped();
@@ -613,10 +646,7 @@ impl EventLoop {
                 eprintln!("microinit: {msg}");
                 self.dispatch(Event::ConsulFatal);
             }
-            registration::Event::MaintenanceResult(r) => match r {
-                Ok(()) => log::info!("maintenance mode updated"),
-                Err(e) => log::error!("maintenance: {e}"),
-            },
+            registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
         }
     }
 }

@@ -17,8 +17,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::config::policy::EndOfLife;
 use crate::config::{
-    ConsulConfig, Leftovers, RestartPolicy, SignalSet, StopRules, SupervisorConfig,
+    ConsulConfig, DialectPolicy, RestartPolicy, SignalSet, StopRules, SupervisorConfig,
 };
 use crate::init::exit_status::ExitStatus;
 use crate::init::signals::signal_name;
@@ -34,6 +35,8 @@ const RESTART_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub stop: StopRules,
+    /// What happens to the app's leftovers (the dialect's rule).
+    pub end_of_life: EndOfLife,
     /// Signal rewrites indexed by signal: `rewrite[s]` is what `s` is forwarded as; 0 drops it.
     pub rewrite: [u8; 65],
     /// Leftovers' time between SIGTERM and SIGKILL (`--grace`).
@@ -54,6 +57,8 @@ pub struct Policy {
     pub backoff: Backoff,
     /// Exit codes reported as 0 (`-e`).
     pub remap_exit: Vec<i32>,
+    /// tini `-e`: a remapped code may be a 128+signal one too.
+    pub remap_signal_deaths: bool,
 }
 
 /// Which hooks are configured (the loop holds their commands).
@@ -87,6 +92,7 @@ impl Policy {
     /// The policy of a run; `deregister_bound` is the Consul worker's answer bound plus a margin.
     pub fn new(
         sup: &SupervisorConfig,
+        dialect: &DialectPolicy,
         consul: Option<&ConsulConfig>,
         deregister_bound: Duration,
     ) -> Policy {
@@ -100,6 +106,7 @@ impl Policy {
         }
         Policy {
             stop: sup.stop,
+            end_of_life: dialect.end_of_life,
             rewrite,
             grace: sup.grace,
             kill_settle: KILL_SETTLE,
@@ -117,6 +124,7 @@ impl Policy {
             max_restarts: sup.max_restarts,
             backoff: Backoff::default(),
             remap_exit: sup.remap_exit.clone(),
+            remap_signal_deaths: dialect.remap_signal_deaths,
         }
     }
 
@@ -126,6 +134,11 @@ impl Policy {
             .ok()
             .and_then(|s| self.rewrite.get(s))
             .map_or(sig, |&to| i32::from(to))
+    }
+
+    /// The exit code an app status stands for, after `-e`.
+    fn exit_code(&self, status: ExitStatus) -> i32 {
+        status.remapped(&self.remap_exit, self.remap_signal_deaths)
     }
 }
 
@@ -819,7 +832,7 @@ impl Lifecycle {
             }
             Phase::Stopping { .. } | Phase::Signalled { .. } => {
                 self.last_exit = Some(status);
-                self.begin_exit(status.remapped(&self.policy.remap_exit), now, out);
+                self.begin_exit(self.policy.exit_code(status), now, out);
             }
             Phase::Waiting { .. }
             | Phase::PreStart { .. }
@@ -865,7 +878,7 @@ impl Lifecycle {
         if policy_restarts {
             log::warn!("app {status}; giving up after {} restarts", self.restarts);
         }
-        self.begin_exit(status.remapped(&self.policy.remap_exit), now, out);
+        self.begin_exit(self.policy.exit_code(status), now, out);
     }
 
     // ---- hooks ---------------------------------------------------------------------------------------
@@ -962,8 +975,8 @@ impl Lifecycle {
     }
 
     fn leftovers(&mut self, code: i32, now: Instant, out: &mut Actions) {
-        match self.policy.stop.leftovers {
-            Leftovers::TerminateThenKill if self.children_left => {
+        match self.policy.end_of_life {
+            EndOfLife::Sweep if self.children_left => {
                 out.push(Action::SignalLeftovers(libc::SIGTERM));
                 self.phase = Phase::Exiting {
                     code,
@@ -973,9 +986,16 @@ impl Lifecycle {
                 };
             }
             // waitpid's ECHILD already proved the namespace empty.
-            Leftovers::TerminateThenKill | Leftovers::Leave => self.exit(code, out),
-            Leftovers::SignalGroupAndExit => {
-                out.push(Action::SignalAppGroup(libc::SIGTERM));
+            EndOfLife::Sweep
+            | EndOfLife::ExitAtOnce {
+                signal_group: false,
+            } => self.exit(code, out),
+            // dumb-init: SIGTERM after the rewrites (`-r 15:0` sends nothing) to the app's group.
+            EndOfLife::ExitAtOnce { signal_group: true } => {
+                match self.policy.rewritten(libc::SIGTERM) {
+                    0 => {}
+                    sig => out.push(Action::SignalAppGroup(sig)),
+                }
                 self.exit(code, out);
             }
         }

@@ -61,7 +61,7 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
-                        log::warn!("reaped zombie pid {pid} ({status})");
+                        log::warn!("Reaped zombie process with pid={pid}");
                     } else {
                         log::debug!("reaped orphan pid {pid} ({status})");
                     }

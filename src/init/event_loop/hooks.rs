@@ -28,6 +28,7 @@ impl EventLoop {
             pdeathsig: Some(libc::SIGKILL),
             output,
             mask: self.mask,
+            default_dispositions: false,
         })
     }
 

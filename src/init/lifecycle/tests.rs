@@ -1,7 +1,8 @@
 //! The lifecycle's rules, one behaviour per test: no processes, no clock, no root.
 
 use super::*;
-use crate::config::{Leftovers, RestartPolicy, SignalSet, StopRules};
+use crate::config::policy::{DialectPolicy, EndOfLife};
+use crate::config::{RestartPolicy, SignalSet, StopRules};
 use libc::{SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SIGUSR1};
 
 const TERM: Event = Event::Signal(SIGTERM);
@@ -9,6 +10,7 @@ const TERM: Event = Event::Signal(SIGTERM);
 fn policy() -> Policy {
     Policy {
         stop: StopRules::default(),
+        end_of_life: EndOfLife::Sweep,
         rewrite: identity_rewrites(),
         grace: Duration::from_secs(8),
         kill_settle: Duration::from_secs(2),
@@ -22,6 +24,7 @@ fn policy() -> Policy {
         max_restarts: None,
         backoff: Backoff::default(),
         remap_exit: Vec::new(),
+        remap_signal_deaths: false,
     }
 }
 
@@ -548,10 +551,10 @@ fn with_nothing_left_the_exit_is_immediate_and_nothing_is_signalled() {
 }
 
 #[test]
-fn the_group_rule_signals_the_apps_group_and_exits_at_once() {
+fn dumb_inits_end_of_life_signals_the_apps_group_and_exits_at_once() {
     let c = Clock::new();
     let mut p = policy();
-    p.stop.leftovers = Leftovers::SignalGroupAndExit;
+    p.end_of_life = EndOfLife::ExitAtOnce { signal_group: true };
     let mut l = running(p, &c);
     assert_eq!(
         acts(l.on(Event::AppExited(ExitStatus::Code(0)), c.ms(1))),
@@ -560,10 +563,12 @@ fn the_group_rule_signals_the_apps_group_and_exits_at_once() {
 }
 
 #[test]
-fn the_leave_rule_exits_at_once_without_signalling() {
+fn tinis_end_of_life_exits_at_once_without_signalling() {
     let c = Clock::new();
     let mut p = policy();
-    p.stop.leftovers = Leftovers::Leave;
+    p.end_of_life = EndOfLife::ExitAtOnce {
+        signal_group: false,
+    };
     let mut l = running(p, &c);
     assert_eq!(
         acts(l.on(Event::AppExited(ExitStatus::Code(7)), c.ms(1))),
@@ -978,7 +983,6 @@ fn rewrites_from_the_configuration_fill_the_table_and_leave_the_rest_alone() {
         remap_exit: Vec::new(),
         grace: Duration::from_secs(8),
         stop: StopRules::default(),
-        warn_not_reaper: true,
         warn_on_reap: false,
         restart: RestartPolicy::Never,
         max_restarts: None,
@@ -994,7 +998,12 @@ fn rewrites_from_the_configuration_fill_the_table_and_leave_the_rest_alone() {
             },
         ],
     };
-    let p = Policy::new(&sup, None, Duration::from_secs(1));
+    let p = Policy::new(
+        &sup,
+        &DialectPolicy::MICROINIT,
+        None,
+        Duration::from_secs(1),
+    );
     assert_eq!(p.rewritten(SIGTERM), SIGQUIT);
     assert_eq!(p.rewritten(SIGHUP), 0);
     assert_eq!(p.rewritten(SIGUSR1), SIGUSR1);
