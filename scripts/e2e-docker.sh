@@ -46,9 +46,7 @@ prefix=microinit-$run
 base=$prefix/base:e2e filebox=$prefix/filebox:e2e app=$prefix/node-hello:e2e consul=$prefix/consul:e2e
 
 cleanup() {
-    local ids
-    mapfile -t ids < <(docker ps -aq --filter "label=$label")
-    [ "${#ids[@]}" = 0 ] || docker rm -f -v "${ids[@]}" >/dev/null 2>&1
+    remove_labelled "$label"
     docker network rm "$net" >/dev/null 2>&1
     docker rmi "$app" "$base" "$filebox" "$consul" >/dev/null 2>&1
     rm -rf "$build"

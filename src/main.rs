@@ -154,7 +154,17 @@ fn supervise(mut cfg: Config) -> i32 {
 
     let name = cfg.supervisor.command[0].clone();
     let path_var = std::env::var_os("PATH");
-    let resolve = || which::resolve(&name, path_var.as_deref());
+    // tini and dumb-init exec a path as given and report the kernel's errno (ENOTDIR, ELOOP … too): leave
+    // it to the exec in their modes; a name to search in PATH is resolved here as execvp would.
+    let exec_as_given = cfg.policy.exec_failure != policy::ExecFailure::Microinit
+        && std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).contains(&b'/');
+    let resolve = || {
+        if exec_as_given {
+            Ok(std::path::PathBuf::from(&name))
+        } else {
+            which::resolve(&name, path_var.as_deref())
+        }
+    };
     let first = resolve();
     if let Err(e) = &first {
         // A dangling link is the runtime check's business (it names the volume and may wait for it);

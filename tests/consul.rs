@@ -97,18 +97,21 @@ impl Run {
         std::fs::write(self.dir.join("stop"), "").expect("touch stop");
     }
 
-    /// microinit's PID in our namespace: the only child of unshare.
-    fn microinit_pid(&self) -> i32 {
+    /// microinit's PID in our namespace: the only child of unshare, once forked.
+    fn child_pid(&self) -> Option<i32> {
         let children = format!("/proc/{0}/task/{0}/children", self.unshare.id());
-        let mut pid = 0;
+        std::fs::read_to_string(children)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+    }
+
+    fn microinit_pid(&self) -> i32 {
+        let mut pid = None;
         wait_until("microinit forked by unshare", SOON, || {
-            pid = std::fs::read_to_string(&children)
-                .ok()
-                .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
-                .unwrap_or(0);
-            pid > 0
+            pid = self.child_pid();
+            pid.is_some()
         });
-        pid
+        pid.unwrap_or(0)
     }
 
     /// SIGTERM to microinit (what `docker stop` sends).
@@ -131,6 +134,22 @@ impl Run {
                 panic!("microinit did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test that fails half-way must not leave its PID namespace running: microinit (its PID 1) takes it down.
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(None) = self.unshare.try_wait() {
+            if let Some(pid) = self.child_pid() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
         }
     }
 }
@@ -580,4 +599,50 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
         0,
         "every instance deregisters on SIGTERM: {left}"
     );
+}
+
+/// Slow (about 2.5 minutes: Consul's own 1m minimum plus its 30 s reaper), so not in the default run:
+/// `cargo test --test consul -- --ignored`.
+#[test]
+#[ignore]
+fn an_app_kept_down_is_removed_by_consul_once_and_not_registered_again_in_a_loop() {
+    let agent = DevAgent::start();
+    let dir = scratch("churn");
+    std::fs::write(dir.join("stop"), "").expect("touch stop"); // the app exits 1 at once, every time
+    let never = dev_agent::free_port().to_string();
+    let run = Run::start(
+        &dir,
+        &agent.addr(),
+        "it-churn-1",
+        &[
+            "--service-name",
+            "it-churn",
+            "--restart",
+            "always",
+            "--ready",
+            &format!("tcp:{never}"),
+            "--deregister-after",
+            "1m",
+        ],
+        &[("EXIT_CODE", "1")],
+    );
+    wait_until("registered (critical)", SOON, || {
+        agent.service("it-churn-1", None).is_some()
+    });
+    wait_until(
+        "Consul's reaper removing it",
+        Duration::from_secs(150),
+        || run.log().contains("Consul removed service"),
+    );
+    // Past at least one more restart (backoff caps at 30 s): a churn loop would register it again.
+    std::thread::sleep(Duration::from_secs(40));
+    let log = run.log();
+    assert_eq!(registrations(&log), 1, "{log}");
+    assert!(agent.service("it-churn-1", None).is_none());
+    assert!(
+        log.contains("because \"app exit code 1; restarting\"") || log.contains("not ready yet"),
+        "the warning names the real cause\n{log}"
+    );
+    run.sigterm();
+    run.wait(SOON);
 }

@@ -507,8 +507,19 @@ mod dialect_tests {
             &["dumb-init", "-r", "15:3", "--rewrite=15:0", "true"],
             &[("MICROINIT_REWRITE", "TERM:USR1")],
         );
-        let first = c.supervisor.rewrites.iter().find(|r| r.from == 15).unwrap();
-        assert_eq!(first.to, 0);
+        let term: Vec<_> = c
+            .supervisor
+            .rewrites
+            .iter()
+            .filter(|r| r.from == 15)
+            .collect();
+        assert_eq!(
+            term.len(),
+            1,
+            "one rule per signal: {:?}",
+            c.supervisor.rewrites
+        );
+        assert_eq!(term[0].to, 0);
     }
 
     #[test]

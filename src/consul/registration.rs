@@ -127,6 +127,7 @@ impl Registration {
             probe_due: None,
             failures: 0,
             last_error: None,
+            last_error_kind: None,
             last_heartbeat: None,
             last_delivered: None,
             critical_since: Some(Instant::now()),
@@ -228,6 +229,7 @@ struct Worker {
     probe_due: Option<Instant>,
     failures: u32,
     last_error: Option<String>,
+    last_error_kind: Option<ErrorKind>,
     /// (unix seconds, error if the heartbeat failed).
     last_heartbeat: Option<(u64, Option<String>)>,
     /// The last status the agent accepted, and when: what the TTL check shows until it expires.
@@ -236,7 +238,8 @@ struct Worker {
     /// (DeregisterCriticalServiceAfter) apart from an agent that forgot the service.
     critical_since: Option<Instant>,
     /// Consul removed the service after it stayed critical for deregister-after, as we asked it to: it is
-    /// registered again when the app starts again or becomes ready, never in a loop while it stays down.
+    /// registered again once the check is no longer critical (the app is ready), never in a loop while the
+    /// app stays down or crash-loops through its restarts.
     removed_by_consul: bool,
     /// A registration request left this process (even one that timed out: the agent may still execute it).
     register_sent: bool,
@@ -287,9 +290,6 @@ impl Worker {
                 }
                 self.phase = Phase::Active;
                 self.app_up = true;
-                // A new app process: if Consul reaped the service while the previous one was down, this is
-                // the moment to be listed again (critical until ready).
-                self.removed_by_consul = false;
                 self.ready = self.cfg.readiness == Readiness::Immediate;
                 let check = if self.ready {
                     self.last_health.clone().unwrap_or((
@@ -436,6 +436,13 @@ impl Worker {
             .update_check(&self.check_id, &self.name, status, &output)
         {
             Ok(()) => {
+                if self.last_error.is_some() && !self.unconfirmed {
+                    log::info!(
+                        "consul: heartbeats for {:?} go through again, after {} failed calls",
+                        self.id,
+                        self.failures
+                    );
+                }
                 if std::mem::take(&mut self.unconfirmed) {
                     self.confirmed_registration("the registration was late but went through");
                     if self.maintenance.is_some() {
@@ -447,9 +454,7 @@ impl Worker {
                 self.last_heartbeat = Some((unix_now(), None));
                 self.last_delivered = Some((Instant::now(), status));
                 self.failures = 0;
-                if self.last_error.take().is_some() {
-                    log::info!("consul: heartbeats for {:?} go through again", self.id);
-                }
+                self.last_error = None;
                 self.schedule_heartbeat();
             }
             Err(e) if e.kind == ErrorKind::NotFound => self.check_unknown(e),
@@ -482,15 +487,10 @@ impl Worker {
             self.heartbeat_due = None;
             log::warn!(
                 "consul: Consul removed service {:?} after its check stayed critical for {} \
-                 (--deregister-after) because {}; it is registered again when the app {}",
+                 (--deregister-after) because {:?}; it is registered again once the app is ready",
                 self.id,
                 human(deregister_after),
                 self.check.1,
-                if self.app_up {
-                    "is ready"
-                } else {
-                    "starts again"
-                }
             );
             return;
         }
@@ -567,13 +567,18 @@ impl Worker {
 
     /// A call failed: record, log once per distinct message, maybe Fatal, schedule a retry with backoff.
     fn failed(&mut self, e: crate::consul::client::Error) {
-        if self.last_error.as_deref() != Some(e.message.as_str()) {
-            match e.kind {
-                ErrorKind::Denied => log::error!("{e}"),
-                _ => log::warn!("{e}; retrying"),
-            }
+        // One line per streak of failures of one kind: an overloaded agent fails calls with timeouts, resets
+        // and broken pipes in turn, and hundreds of instances each logging every one of them bury the cause.
+        let repeat = self.failures > 0 && self.last_error_kind == Some(e.kind);
+        match e.kind {
+            _ if repeat => log::debug!("{e}; retrying"),
+            ErrorKind::Denied => log::error!("{e}"),
+            _ => log::warn!(
+                "{e}; retrying (until a call succeeds, further failures like this are logged at debug level)"
+            ),
         }
         self.last_error = Some(e.message.clone());
+        self.last_error_kind = Some(e.kind);
         // --consul-required: the first registration must succeed and an ACL denial is never tolerated;
         // an agent that restarts later is the resilience case and is retried.
         if self.cfg.required && (!self.ever_registered || e.kind == ErrorKind::Denied) {
