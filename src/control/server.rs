@@ -124,12 +124,13 @@ impl ControlServer {
     }
 
     pub fn bind_with(path: &Path, limits: Limits) -> io::Result<ControlServer> {
-        // sun_path is 108 bytes including the terminating NUL; std's error would not name the variable.
-        if path.as_os_str().len() >= 108 {
+        // sun_path is 108 bytes including the terminating NUL, and the temporary name adds one; std's error
+        // would not name the variable.
+        if path.as_os_str().len() >= 107 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "control socket path {} is too long (max 107 bytes); set MICROINIT_SOCKET to a shorter path",
+                    "control socket path {} is too long (max 106 bytes); set MICROINIT_SOCKET to a shorter path",
                     path.display()
                 ),
             ));
@@ -143,10 +144,18 @@ impl ControlServer {
                 .create(dir)
                 .map_err(|e| annotate(e, "cannot create the directory of control socket", path))?;
         }
+        // Bound under a temporary name and renamed into place once listening: bind(2) creates the file before
+        // listen(2), and a client that sees the file in between would be refused ("no control socket").
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push("~");
+        let tmp = PathBuf::from(tmp);
+        if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&tmp);
+        }
         // The socket file takes its mode from the umask at bind time: 0600 from the first instant, no
         // chmod race. The main thread is the only one creating files, so the brief umask change is safe.
         let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
+        let bound = UnixListener::bind(&tmp).and_then(|l| std::fs::rename(&tmp, path).map(|()| l));
         umask(old);
         let listener = bound.map_err(|e| {
             io::Error::new(
