@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::discovery::DiscoveryConfig;
 use crate::config::*;
 use crate::consul::registration;
 use crate::init::signals::parse_signal;
@@ -36,10 +37,17 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientRequest {
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
     Signal(String),
     Restart,
-    Maintenance { on: bool, reason: Option<String> },
+    Maintenance {
+        on: bool,
+        reason: Option<String>,
+    },
+    /// `microinit health`: exit 0 when the app is running and ready, 1 otherwise.
+    Health,
 }
 
 /// A usage error: one line, exit code 2.
@@ -118,6 +126,12 @@ const MICROINIT: &[Spec] = &[
     spec("health-timeout", None, "MICROINIT_HEALTH_TIMEOUT", Value, "DURATION", "Time limit of the health command (default 3s)."),
     spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT or tcp:HOST:PORT."),
     spec("drain", None, "MICROINIT_DRAIN", Value, "DURATION", "Time between deregistering and forwarding SIGTERM (default 0s)."),
+    spec("wait-for", None, "MICROINIT_WAIT_FOR", Repeat, "TARGET", "Start the app only once TARGET is up: consul:NAME[:N][@TAG][?dc=DC] (N passing instances), tcp:HOST:PORT, http://… (2xx) or file:PATH. Repeatable; env: blank-separated list."),
+    spec("wait-timeout", None, "MICROINIT_WAIT_TIMEOUT", Value, "DURATION", "Give up waiting for --wait-for targets after this long: exit 124 naming what is missing (default: wait for ever)."),
+    spec("watch", None, "MICROINIT_WATCH", Repeat, "NAME", "Watch a Consul service's passing instances (NAME[@TAG][?dc=DC]) or a KV key (kv:KEY) while the app runs. Repeatable; env: blank-separated list."),
+    spec("on-change", None, "MICROINIT_ON_CHANGE", Value, "ACTION", "On a watched change: signal:SIG (to the app) or exec:PROGRAM ARG… (no shell; or exec:[\"PROGRAM\",\"ARG\"]); the list is in MICROINIT_WATCH_<NAME>."),
+    spec("watch-file", None, "MICROINIT_WATCH_FILE", Value, "PATH", "Write the watched instances to PATH on each change (write + rename): host:port lines, or JSON if PATH ends in .json."),
+    spec("watch-debounce", None, "MICROINIT_WATCH_DEBOUNCE", Value, "DURATION", "Act on a change only after it has been quiet this long (default 50ms)."),
     spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500)."),
     spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps)."),
     spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent."),
@@ -249,7 +263,9 @@ pub fn parse(
             match first {
                 "check" => return parse_check(&rest[1..], env),
                 "exec" => return parse_exec(&rest[1..], env),
-                "status" | "signal" | "restart" | "maintenance" => return parse_client(&rest, env),
+                "status" | "signal" | "restart" | "maintenance" | "health" => {
+                    return parse_client(&rest, env)
+                }
                 _ => {}
             }
         }
@@ -459,6 +475,7 @@ fn parse_exec(
     cfg.consul = None;
     cfg.runtime.enabled = false;
     cfg.control = None;
+    cfg.discovery = DiscoveryConfig::default();
     Ok(Action::Exec(Box::new(cfg)))
 }
 
@@ -509,10 +526,11 @@ fn parse_client(
             ClientRequest::Signal(sig.clone())
         }
         ("restart", []) => ClientRequest::Restart,
+        ("health", []) => ClientRequest::Health,
         ("maintenance", [m]) if m == "on" || m == "off" => ClientRequest::Maintenance { on: m == "on", reason },
         (cmd, _) => {
             return Err(UsageError(format!(
-                "bad arguments for `microinit {cmd}`: usage is `microinit status [--json]`, `microinit signal SIG`, `microinit restart` or `microinit maintenance on|off [--reason TEXT]`"
+                "bad arguments for `microinit {cmd}`: usage is `microinit status [--json]`, `microinit signal SIG`, `microinit restart`, `microinit maintenance on|off [--reason TEXT]` or `microinit health`"
             )))
         }
     };
@@ -647,6 +665,9 @@ fn build_config(
         hooks,
     };
     let consul = registration::consul_config(opts).map_err(e)?;
+    let discovery =
+        DiscoveryConfig::from_options(opts, || registration::agent_config(opts), parse_signal)
+            .map_err(e)?;
     let socket = opts.get("MICROINIT_SOCKET").unwrap_or(DEFAULT_SOCKET);
     Ok(Config {
         dialect,
@@ -657,6 +678,7 @@ fn build_config(
         control: Some(ControlConfig {
             socket: PathBuf::from(socket),
         }),
+        discovery,
     })
 }
 
@@ -704,6 +726,7 @@ fn help(d: Dialect) -> String {
         out.push_str(
             "       microinit check [--json] [OPTIONS] [CMD...]   runtime check only\n\
              \x20      microinit status [--json] | signal SIG | restart | maintenance on|off [--reason TEXT]\n\
+             \x20      microinit health                                exit 0 when the app is running and ready, else 1\n\
              \x20      microinit exec [OPTIONS] -- CMD [ARGS...]     run CMD as a child subreaper\n",
         );
     }
@@ -730,7 +753,8 @@ fn help(d: Dialect) -> String {
          Signals: every catchable signal (1-31 but SIGCHLD, and SIGRTMIN..SIGRTMAX) is forwarded to the app.\n\
          SIGKILL and SIGSTOP cannot be caught by any process, so they are never forwarded.\n\n\
          Exit status: the app's exit code n, or 128+s when it was killed by signal s; 2 usage error;\n\
-         125 microinit itself failed (or --consul-required and registration failed); 126 command not\n\
+         124 --wait-timeout ran out; 125 microinit itself failed (or --consul-required and registration\n\
+         failed); 126 command not\n\
          executable; 127 command not found or runtime missing (see `microinit check`); 3 (clients) no socket.\n",
     );
     out

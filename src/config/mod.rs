@@ -4,6 +4,8 @@
 //! merged by `cli`). Does not own: parsing argv or reading the environment (`cli`), nor acting on any of it.
 //! Every other module takes the piece of `Config` it needs and nothing else.
 
+pub mod discovery;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -189,6 +191,8 @@ pub struct Config {
     pub consul: Option<ConsulConfig>,
     /// None: no control socket (e.g. `microinit exec`).
     pub control: Option<ControlConfig>,
+    /// `--wait-for`, `--watch` & co (empty when unused).
+    pub discovery: discovery::DiscoveryConfig,
 }
 
 /// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).

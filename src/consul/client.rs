@@ -176,6 +176,25 @@ impl Client {
         }
     }
 
+    /// A blocking query (`GET path?…&index=I&wait=W`): the agent answers when the result changes past index
+    /// `index`, or after `wait`. Returns the body (None for a 404, e.g. a KV key that does not exist, which
+    /// is blocked on like any other answer) and the `X-Consul-Index` to pass next time (0 when the agent sent
+    /// none). `path` already holds its query string. The HTTP timeout covers the wait plus the up to wait/16
+    /// of jitter Consul adds to it.
+    pub fn blocking_get(
+        &self,
+        path: &str,
+        perm: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Option<String>, u64), Error> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis());
+        let timeout = wait + wait / 16 + CALL_TIMEOUT;
+        self.request("GET", &path, None, perm, Some(timeout), true)
+            .map(|(body, idx)| (body, idx.unwrap_or(0)))
+    }
+
     /// One call; returns the body of a 2xx. `perm` is the ACL permission the call needs (for 403 messages).
     fn call(
         &self,
@@ -185,6 +204,25 @@ impl Client {
         perm: &str,
         timeout: Option<Duration>,
     ) -> Result<String, Error> {
+        self.request(method, path, body, perm, timeout, false)
+            .map(|(body, _)| body.unwrap_or_default())
+    }
+
+    /// `call`, also returning the `X-Consul-Index` header of the answer; with `not_found_ok` a 404 is the
+    /// answer None instead of an error.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        perm: &str,
+        timeout: Option<Duration>,
+        not_found_ok: bool,
+    ) -> Result<(Option<String>, Option<u64>), Error> {
+        let index_of = |resp: &ureq::Response| {
+            resp.header("X-Consul-Index")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         let mut req = self
             .agent
             .request(method, &format!("{}{}", self.base, path));
@@ -203,14 +241,18 @@ impl Client {
             None => req.call(),
         };
         match result {
-            Ok(resp) => resp.into_string().map_err(|e| {
-                self.error(
-                    ErrorKind::Unreachable,
-                    method,
-                    path,
-                    &format!("reading the answer: {e}"),
-                )
-            }),
+            Ok(resp) => {
+                let index = index_of(&resp);
+                resp.into_string().map(|b| (Some(b), index)).map_err(|e| {
+                    self.error(
+                        ErrorKind::Unreachable,
+                        method,
+                        path,
+                        &format!("reading the answer: {e}"),
+                    )
+                })
+            }
+            Err(ureq::Error::Status(404, resp)) if not_found_ok => Ok((None, index_of(&resp))),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let text = first_line(&text);

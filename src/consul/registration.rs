@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{json, Map, Value};
 
+use crate::config::discovery::AgentConfig;
 use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
@@ -802,6 +803,35 @@ fn comma_list(opts: &Options, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The agent's address, token and CA (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN[_FILE]`, `CONSUL_CACERT`): shared
+/// by registration and by discovery's waits and watches.
+pub fn agent_config(opts: &Options) -> Result<AgentConfig, String> {
+    let addr = parse_addr(opts.get("CONSUL_HTTP_ADDR").unwrap_or("127.0.0.1:8500"))?;
+    let cacert = opts.get("CONSUL_CACERT").map(PathBuf::from);
+    // Build a client once here so https without the feature, or a bad CA file, stops microinit before the app.
+    Client::new(&addr, None, cacert.as_deref())?;
+    // Consul's own precedence: a token file wins over CONSUL_HTTP_TOKEN.
+    let token = match opts.get("CONSUL_HTTP_TOKEN_FILE") {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("CONSUL_HTTP_TOKEN_FILE {path}: {e}"))?;
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(format!("CONSUL_HTTP_TOKEN_FILE {path}: the file is empty"));
+            }
+            Some(Secret::new(t.to_string()))
+        }
+        None => opts
+            .get("CONSUL_HTTP_TOKEN")
+            .map(|t| Secret::new(t.trim().to_string())),
+    };
+    Ok(AgentConfig {
+        addr,
+        token,
+        cacert,
+    })
+}
+
 /// Parse the Consul section of the configuration. `None` when neither a service name nor a service file is set.
 pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
     let name = opts.get("MICROINIT_SERVICE_NAME");
@@ -888,25 +918,11 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
             ))
         }
     };
-    let addr = parse_addr(opts.get("CONSUL_HTTP_ADDR").unwrap_or("127.0.0.1:8500"))?;
-    let cacert = opts.get("CONSUL_CACERT").map(PathBuf::from);
-    // Build a client once here so https without the feature, or a bad CA file, stops microinit before the app.
-    Client::new(&addr, None, cacert.as_deref())?;
-    // Consul's own precedence: a token file wins over CONSUL_HTTP_TOKEN.
-    let token = match opts.get("CONSUL_HTTP_TOKEN_FILE") {
-        Some(path) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| format!("CONSUL_HTTP_TOKEN_FILE {path}: {e}"))?;
-            let t = t.trim();
-            if t.is_empty() {
-                return Err(format!("CONSUL_HTTP_TOKEN_FILE {path}: the file is empty"));
-            }
-            Some(Secret::new(t.to_string()))
-        }
-        None => opts
-            .get("CONSUL_HTTP_TOKEN")
-            .map(|t| Secret::new(t.trim().to_string())),
-    };
+    let AgentConfig {
+        addr,
+        token,
+        cacert,
+    } = agent_config(opts)?;
     Ok(Some(ConsulConfig {
         addr,
         token,
@@ -925,7 +941,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
 
 #[cfg(test)]
 #[path = "../../tests/common/consul.rs"]
-mod dev_agent;
+pub(crate) mod dev_agent; // also used by `watch`'s tests
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,7 @@ const MAX_REPLY: u64 = 16 * 1024 * 1024;
 /// Run one client command against the socket at `socket`; returns the process exit code.
 pub fn client_main(cmd: ClientRequest, socket: &Path) -> i32 {
     let request = match &cmd {
+        ClientRequest::Health => return super::health::health_main(socket),
         ClientRequest::Status { .. } => Request::Status,
         ClientRequest::Signal(sig) => Request::Signal(sig.clone()),
         ClientRequest::Restart => Request::Restart,

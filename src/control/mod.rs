@@ -3,4 +3,5 @@
 //! Owns: the wire protocol, both of its ends. Does not own: what a request does (`init`).
 
 pub mod client;
+pub mod health;
 pub mod server;
