@@ -7,4 +7,5 @@ pub mod config;
 pub mod consul;
 pub mod control;
 pub mod init;
+pub mod metrics;
 pub mod runtime_check;

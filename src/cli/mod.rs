@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::discovery::DiscoveryConfig;
+use crate::config::discovery::{self, DiscoveryConfig};
 use crate::config::*;
 use crate::consul::registration;
 use crate::init::signals::parse_signal;
@@ -132,6 +132,7 @@ const MICROINIT: &[Spec] = &[
     spec("on-change", None, "MICROINIT_ON_CHANGE", Value, "ACTION", "On a watched change: signal:SIG (to the app) or exec:PROGRAM ARG… (no shell; or exec:[\"PROGRAM\",\"ARG\"]); the list is in MICROINIT_WATCH_<NAME>."),
     spec("watch-file", None, "MICROINIT_WATCH_FILE", Value, "PATH", "Write the watched instances to PATH on each change (write + rename): host:port lines, or JSON if PATH ends in .json."),
     spec("watch-debounce", None, "MICROINIT_WATCH_DEBOUNCE", Value, "DURATION", "Act on a change only after it has been quiet this long (default 50ms)."),
+    spec("metrics", None, "MICROINIT_METRICS", Value, "ADDR:PORT", "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default: nothing listens unless asked)."),
     spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500)."),
     spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps)."),
     spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent."),
@@ -476,6 +477,7 @@ fn parse_exec(
     cfg.runtime.enabled = false;
     cfg.control = None;
     cfg.discovery = DiscoveryConfig::default();
+    cfg.metrics = None;
     Ok(Action::Exec(Box::new(cfg)))
 }
 
@@ -668,6 +670,14 @@ fn build_config(
     let discovery =
         DiscoveryConfig::from_options(opts, || registration::agent_config(opts), parse_signal)
             .map_err(e)?;
+    let metrics = opts
+        .get("MICROINIT_METRICS")
+        .map(|m| {
+            discovery::host_port(m)
+                .map(|_| m.to_string())
+                .map_err(|err| e(format!("--metrics {m}: {err} (e.g. 0.0.0.0:9100)")))
+        })
+        .transpose()?;
     let socket = opts.get("MICROINIT_SOCKET").unwrap_or(DEFAULT_SOCKET);
     Ok(Config {
         dialect,
@@ -679,6 +689,7 @@ fn build_config(
             socket: PathBuf::from(socket),
         }),
         discovery,
+        metrics,
     })
 }
 

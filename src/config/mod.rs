@@ -193,6 +193,8 @@ pub struct Config {
     pub control: Option<ControlConfig>,
     /// `--wait-for`, `--watch` & co (empty when unused).
     pub discovery: discovery::DiscoveryConfig,
+    /// `--metrics ADDR:PORT`: serve Prometheus text there; None: nothing listens.
+    pub metrics: Option<String>,
 }
 
 /// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).

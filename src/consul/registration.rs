@@ -149,13 +149,24 @@ impl Registration {
         self.events.try_iter().collect()
     }
 
+    /// A reader of the same status snapshot for another thread (the metrics listener): it never waits for
+    /// the worker, which holds the lock only to replace the value.
+    pub fn status_reader(&self) -> impl Fn() -> Value + Send + 'static {
+        let status = Arc::clone(&self.status);
+        move || snapshot(&status)
+    }
+
     /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error.
     pub fn status_json(&self) -> Value {
-        self.status
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        snapshot(&self.status)
     }
+}
+
+fn snapshot(status: &Mutex<Value>) -> Value {
+    status
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
