@@ -125,7 +125,12 @@ pub fn render(v: &Values, consul: Option<&Value>, now_unix: u64) -> String {
         }
     };
     let b = |x: bool| if x { 1.0 } else { 0.0 };
-    metric("microinit_app_up", "gauge", "1 while the app runs.", &[("", b(v.app_up))]);
+    metric(
+        "microinit_app_up",
+        "gauge",
+        "1 while the app runs.",
+        &[("", b(v.app_up))],
+    );
     metric(
         "microinit_app_restarts_total",
         "counter",
@@ -239,9 +244,18 @@ mod tests {
         assert_eq!(sample(&t, "microinit_signals_forwarded_total"), Some(5.0));
         assert_eq!(sample(&t, "microinit_watch_changes_total"), Some(2.0));
         assert_eq!(sample(&t, "microinit_consul_registered"), Some(1.0));
-        assert_eq!(sample(&t, "microinit_consul_check_status{status=\"warning\"}"), Some(1.0));
-        assert_eq!(sample(&t, "microinit_consul_check_status{status=\"passing\"}"), Some(0.0));
-        assert_eq!(sample(&t, "microinit_consul_heartbeat_age_seconds"), Some(7.0));
+        assert_eq!(
+            sample(&t, "microinit_consul_check_status{status=\"warning\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, "microinit_consul_check_status{status=\"passing\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, "microinit_consul_heartbeat_age_seconds"),
+            Some(7.0)
+        );
         for l in t.lines().filter(|l| l.starts_with("# TYPE")) {
             assert_eq!(t.matches(l).count(), 1, "{l} twice");
         }

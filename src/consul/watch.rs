@@ -507,10 +507,10 @@ mod tests {
 
 #[cfg(test)]
 mod agent_tests {
-    use crate::consul::registration::dev_agent::DevAgent;
     use super::*;
     use crate::config::discovery::{parse_wait_target, parse_watch};
     use crate::config::ConsulAddr;
+    use crate::consul::registration::dev_agent::DevAgent;
 
     const SOON: Duration = Duration::from_secs(20);
 

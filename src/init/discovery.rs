@@ -269,7 +269,7 @@ impl Discovery {
     }
 
     /// What is still awaited, with why, in one line (escaped: details come from the network).
-    fn missing(&self) -> String {
+    pub fn missing(&self) -> String {
         let mut parts: Vec<String> = self
             .waits
             .iter()

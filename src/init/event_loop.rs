@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
 use crate::consul::registration::{self, CheckStatus, Registration};
+use crate::control::health;
 use crate::control::server::ControlServer;
+use crate::init::discovery::{self, Discovery};
 use crate::init::exit_status::ExitStatus;
 use crate::init::reaper;
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
 use crate::init::spawn::{self, SpawnSpec};
+use crate::metrics::{self, Metrics};
 
 mod control_handler;
 
@@ -42,6 +45,8 @@ const HEALTH_OUTPUT_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppState {
+    /// `--wait-for` targets are not all up yet.
+    Waiting,
     Starting,
     Running,
     Stopping,
@@ -52,6 +57,7 @@ pub enum AppState {
 impl AppState {
     fn as_str(self) -> &'static str {
         match self {
+            AppState::Waiting => "waiting",
             AppState::Starting => "starting",
             AppState::Running => "running",
             AppState::Stopping => "stopping",
@@ -94,6 +100,8 @@ enum Owner {
         deadline: Instant,
         timed_out: bool,
     },
+    /// `--on-change exec:…`.
+    OnChange,
 }
 
 /// A stop request held back until deregistration, drain and the pre-stop hook are done.
@@ -158,6 +166,11 @@ pub struct EventLoop {
     restarts: u32,
     last_exit: Option<ExitStatus>,
     runtime_check: Option<serde_json::Value>,
+    /// `--wait-for` / `--watch`.
+    discovery: Option<Discovery>,
+    /// An `--on-change exec:` came due while the previous one still ran: run it again when that one exits.
+    on_change_again: Option<discovery::Action>,
+    metrics: Option<Metrics>,
 }
 
 struct HealthSchedule {
@@ -192,6 +205,16 @@ impl EventLoop {
             None => (Duration::ZERO, false, None),
         };
         let registration = cfg.consul.map(Registration::start).transpose()?;
+        let discovery = Discovery::start(cfg.discovery, Instant::now())?;
+        // Like the control socket: a metrics port that cannot be bound must not keep the app from running.
+        let metrics = cfg.metrics.as_deref().and_then(|addr| {
+            let consul = registration
+                .as_ref()
+                .map(|r| Box::new(r.status_reader()) as metrics::ConsulStatus);
+            Metrics::start(addr, consul)
+                .map_err(|e| log::error!("{e}; no metrics will be served"))
+                .ok()
+        });
         // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
         let control = cfg.control.and_then(|c| {
             ControlServer::bind(&c)
@@ -252,16 +275,21 @@ impl EventLoop {
             restarts: 0,
             last_exit: None,
             runtime_check: setup.runtime_check,
+            discovery,
+            on_change_again: None,
+            metrics,
         })
     }
 
     /// Run until the app is gone for good and everything is reaped; returns microinit's exit code.
     pub fn run(mut self) -> i32 {
-        match self.cfg.hooks.pre_start.clone() {
-            Some(cmd) => self.start_hook(HookKind::PreStart, &cmd),
-            None => self.spawn_app(),
+        if self.discovery.as_ref().is_some_and(Discovery::is_waiting) {
+            self.state = AppState::Waiting;
+        } else {
+            self.start_app();
         }
         loop {
+            self.publish_metrics();
             // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans
             // reparented to us included), so an idle or forwarding wakeup costs no extra syscall.
             if std::mem::take(&mut self.reap_due) {
@@ -284,7 +312,128 @@ impl EventLoop {
                 self.start_sweep();
             }
             self.on_timers(Instant::now());
+            if self.sweep_due {
+                // A timer decided the exit (e.g. --wait-timeout): act on it before sleeping.
+                continue;
+            }
             self.wait_for_events();
+        }
+    }
+
+    /// The pre-start hook, or the app itself.
+    fn start_app(&mut self) {
+        self.state = AppState::Starting;
+        match self.cfg.hooks.pre_start.clone() {
+            Some(cmd) => self.start_hook(HookKind::PreStart, &cmd),
+            None => self.spawn_app(),
+        }
+    }
+
+    fn publish_metrics(&self) {
+        if let Some(m) = &self.metrics {
+            m.publish(metrics::Values {
+                app_up: self.app_pid.is_some(),
+                restarts: self.restarts,
+                last_exit: self.last_exit.map(|s| s.remapped(&[])),
+                zombies_reaped: self.zombies_reaped,
+                signals_forwarded: self.signals_forwarded,
+                waiting_upstreams: self.state == AppState::Waiting,
+                watch_changes: self.discovery.as_ref().map_or(0, Discovery::changes),
+            });
+        }
+    }
+
+    /// What `microinit health` reports (control::health::verdict over the loop's facts).
+    fn health_verdict(&self) -> Result<String, String> {
+        let consul = self.registration.as_ref().map(|r| {
+            let s = r.status_json();
+            (
+                s["ready"].as_bool().unwrap_or(false),
+                s["check"]["status"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
+            )
+        });
+        health::verdict(&health::Facts {
+            state: self.state.as_str().into(),
+            pid: self.app_pid,
+            waiting_for: (self.state == AppState::Waiting).then(|| {
+                self.discovery
+                    .as_ref()
+                    .map(Discovery::missing)
+                    .unwrap_or_default()
+            }),
+            crash_restarts: self.backoff_step,
+            uptime: self.app_started.map(|t| t.elapsed()).unwrap_or_default(),
+            consul,
+        })
+    }
+
+    fn on_discovery(&mut self, actions: Vec<discovery::Action>) {
+        for a in actions {
+            match a {
+                discovery::Action::StartApp => {
+                    if self.state == AppState::Waiting && !self.stopping {
+                        self.start_app();
+                    }
+                }
+                discovery::Action::GiveUp { message, code } => {
+                    eprintln!("microinit: {message}");
+                    if self.final_status.is_none() {
+                        self.stopping = true;
+                        self.begin_exit(code);
+                    }
+                }
+                discovery::Action::Signal(sig) => {
+                    if self.app_pid.is_some() && !self.stopping {
+                        log::info!("watch changed: sending {} to the app", signal_name(sig));
+                        self.forward(sig);
+                    }
+                }
+                exec @ discovery::Action::Exec { .. } => self.start_on_change(exec),
+            }
+        }
+    }
+
+    /// Spawn an `--on-change exec:` program (one at a time; a change meanwhile runs it again afterwards).
+    fn start_on_change(&mut self, action: discovery::Action) {
+        let discovery::Action::Exec { argv, env } = &action else {
+            return;
+        };
+        if self.final_status.is_some() {
+            return;
+        }
+        if self.children.values().any(|o| matches!(o, Owner::OnChange)) {
+            self.on_change_again = Some(action);
+            return;
+        }
+        let name = &argv[0];
+        let path =
+            match crate::runtime_check::which::resolve(name, std::env::var_os("PATH").as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!("--on-change: {}", e.message(name));
+                    return;
+                }
+            };
+        let spec = SpawnSpec {
+            path: &path,
+            argv,
+            isolation: Isolation::ProcessGroup,
+            take_tty: false,
+            pdeathsig: Some(libc::SIGKILL),
+            output: None,
+            mask: self.mask,
+            extra_env: env,
+        };
+        match spawn::spawn(&spec) {
+            Ok(pid) => {
+                log::info!("--on-change: started {} (pid {pid})", path.display());
+                self.children.insert(pid, Owner::OnChange);
+                self.no_children = false;
+            }
+            Err(e) => log::error!("--on-change: {e}"),
         }
     }
 
@@ -318,6 +467,13 @@ impl EventLoop {
         if let Some(r) = &self.registration {
             fds.push(libc::pollfd {
                 fd: r.wake_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(d) = &self.discovery {
+            fds.push(libc::pollfd {
+                fd: d.wake_fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -386,6 +542,18 @@ impl EventLoop {
                     self.on_worker_event(ev);
                 }
             }
+        }
+        let discovery_woke = self
+            .discovery
+            .as_ref()
+            .is_some_and(|d| ready.contains(&d.wake_fd().as_raw_fd()));
+        if discovery_woke {
+            let actions = self
+                .discovery
+                .as_mut()
+                .map(|d| d.on_wake(Instant::now()))
+                .unwrap_or_default();
+            self.on_discovery(actions);
         }
         for owner in self.children.values_mut() {
             if let Owner::Health { output, buf, .. } = owner {
@@ -463,6 +631,7 @@ impl EventLoop {
             drain,
             self.health.as_ref().and_then(|h| h.next),
             self.control.as_ref().and_then(ControlServer::deadline),
+            self.discovery.as_ref().and_then(Discovery::deadline),
         ]
         .into_iter()
         .flatten()
@@ -497,6 +666,19 @@ impl EventLoop {
         if let Some(c) = &mut self.control {
             c.expire(now);
         }
+        let due = self
+            .discovery
+            .as_ref()
+            .and_then(Discovery::deadline)
+            .is_some_and(|t| now >= t);
+        if due {
+            let actions = self
+                .discovery
+                .as_mut()
+                .map(|d| d.on_timer(now))
+                .unwrap_or_default();
+            self.on_discovery(actions);
+        }
         if let Some((kill_at, _)) = self.sweep {
             if now >= kill_at && !self.sweep_started {
                 self.sweep_started = true;
@@ -524,7 +706,7 @@ impl EventLoop {
                     timed_out,
                     kind,
                 } => (*deadline, timed_out, kind.name()),
-                Owner::App => continue,
+                Owner::App | Owner::OnChange => continue,
             };
             if !*timed_out && now >= deadline {
                 *timed_out = true;
@@ -600,8 +782,12 @@ impl EventLoop {
         self.stopping = true;
         self.state = AppState::Stopping;
         if self.app_pid.is_none() {
-            // Between restarts (or before the first start): nothing to forward to; exit with what we have.
+            // Between restarts (or before the first start, waiting for upstreams included): nothing to
+            // forward to; exit with what we have.
             self.respawn_at = None;
+            if let Some(d) = &mut self.discovery {
+                d.abort_wait();
+            }
             let status = self
                 .last_exit
                 .map_or(128 + signal, |s| s.remapped(&self.cfg.remap_exit));
@@ -700,6 +886,7 @@ impl EventLoop {
             pdeathsig: self.cfg.pdeathsig,
             output: None,
             mask: self.mask,
+            extra_env: &[],
         };
         match spawn::spawn(&spec) {
             Ok(pid) => {
@@ -842,6 +1029,14 @@ impl EventLoop {
                 Some(Owner::Hook {
                     kind, timed_out, ..
                 }) => self.on_hook_exit(kind, status, timed_out),
+                Some(Owner::OnChange) => {
+                    if !status.success() {
+                        log::warn!("--on-change program {status}");
+                    }
+                    if let Some(again) = self.on_change_again.take() {
+                        self.start_on_change(again);
+                    }
+                }
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
@@ -868,6 +1063,7 @@ impl EventLoop {
             pdeathsig: Some(libc::SIGKILL),
             output,
             mask: self.mask,
+            extra_env: &[],
         })
     }
 

@@ -15,6 +15,11 @@ use nix::errno::Errno;
 use crate::config::Isolation;
 use crate::init::signals::OriginalMask;
 
+extern "C" {
+    /// The C library's environment (what execv passes on).
+    static environ: *const *const libc::c_char;
+}
+
 /// One child to start.
 pub struct SpawnSpec<'a> {
     /// The resolved executable (see `which::resolve`).
@@ -28,6 +33,8 @@ pub struct SpawnSpec<'a> {
     /// Both stdout and stderr go here (health command output); None keeps ours.
     pub output: Option<RawFd>,
     pub mask: OriginalMask,
+    /// Variables added to (or replacing in) microinit's environment for this child; usually empty.
+    pub extra_env: &'a [(String, String)],
 }
 
 /// Why a child could not be started.
@@ -86,6 +93,34 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
         .collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    // With extra variables, the child's environment is built here (no setenv: other threads may read it).
+    let env: Vec<CString> = if spec.extra_env.is_empty() {
+        Vec::new()
+    } else {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                !spec
+                    .extra_env
+                    .iter()
+                    .any(|(x, _)| k.as_bytes() == x.as_bytes())
+            })
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .chain(
+                spec.extra_env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}").into_bytes()),
+            )
+            .map(|kv| cstr(&kv))
+            .collect::<Result<_, _>>()?
+    };
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: reading the process's environ pointer; it is only replaced by setenv, which nothing calls.
+    let envp_ptr = if env.is_empty() {
+        unsafe { environ }
+    } else {
+        envp.as_ptr()
+    };
     // execvp's fallback for a file without #! or ELF magic (ENOEXEC): run it with /bin/sh.
     let sh = c"/bin/sh";
     let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), path.as_ptr()];
@@ -110,6 +145,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
                 path.as_ptr(),
                 &argv,
                 &sh_argv,
+                envp_ptr,
             )
         }
     }
@@ -125,6 +161,7 @@ unsafe fn child(
     path: *const libc::c_char,
     argv: &[*const libc::c_char],
     sh_argv: &[*const libc::c_char],
+    envp: *const *const libc::c_char,
 ) -> ! {
     match spec.isolation {
         Isolation::Session => {
@@ -157,10 +194,10 @@ unsafe fn child(
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     // The app gets the mask microinit was started with, not our all-blocked one (which exec keeps).
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
-    libc::execv(path, argv.as_ptr());
+    libc::execve(path, argv.as_ptr(), envp);
     let mut errno = *libc::__errno_location();
     if errno == libc::ENOEXEC {
-        libc::execv(sh_argv[0], sh_argv.as_ptr());
+        libc::execve(sh_argv[0], sh_argv.as_ptr(), envp);
         errno = *libc::__errno_location();
     }
     let bytes = errno.to_ne_bytes();

@@ -33,6 +33,8 @@ impl ControlHandler for EventLoop {
             "zombies_reaped": self.zombies_reaped,
             "runtime_check": self.runtime_check,
             "consul": self.registration.as_ref().map(|r| r.status_json()),
+            "discovery": self.discovery.as_ref().map(|d| d.status_json(std::time::Instant::now())),
+            "health": crate::control::health::to_json(&self.health_verdict()),
         })
     }
 
