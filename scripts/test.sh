@@ -13,7 +13,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "packages (apt)"
 # busybox-static, g++, musl-tools, nodejs: runtime-check fixtures and images; curl, jq: e2e and demo;
 # util-linux: unshare/nsenter/setpriv/setsid; procps: ps in tests' debugging output.
-pkgs=(busybox-static g++ musl-tools nodejs curl jq util-linux procps ca-certificates)
+# tini, dumb-init: the genuine tools tests/dialects.rs compares microinit's drop-in modes with.
+pkgs=(busybox-static g++ musl-tools nodejs curl jq util-linux procps ca-certificates tini dumb-init)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -4,8 +4,9 @@
 
 use std::io::Write;
 
-use microinit::cli::{self, Action, UsageError};
-use microinit::config::{self, Config, Isolation};
+use microinit::cli::{self, Action};
+use microinit::config::policy::{self, LogStyle, PdeathsigTarget, Subreaper};
+use microinit::config::{Config, Isolation};
 use microinit::control::client as control_client;
 use microinit::init::{event_loop, signals, spawn};
 use microinit::runtime_check::{self, which};
@@ -18,16 +19,20 @@ fn main() {
 }
 
 fn run() -> i32 {
-    let action = match cli::parse(std::env::args_os().collect(), &|k| std::env::var(k).ok()) {
+    let action = match cli::parse(std::env::args_os().collect(), &|k| std::env::var_os(k)) {
         Ok(a) => a,
-        Err(UsageError(msg)) => {
-            eprintln!("microinit: {msg}");
-            return 2;
+        Err(e) => {
+            eprint!("{}", e.text);
+            return e.code;
         }
     };
     match action {
-        Action::Print(text) => {
-            print!("{text}");
+        Action::Print { text, stderr } => {
+            if stderr {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
             0
         }
         Action::Check {
@@ -35,7 +40,7 @@ fn run() -> i32 {
             command,
             runtime,
         } => {
-            init_logging(0);
+            init_logging(LogStyle::Microinit, 0);
             runtime_check::check_main(json, &command, &runtime)
         }
         Action::Client { request, socket } => control_client::client_main(request, &socket),
@@ -43,32 +48,59 @@ fn run() -> i32 {
     }
 }
 
-fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        2 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .format(|buf, rec| {
-            let level = match rec.level() {
-                log::Level::Error => "error",
-                log::Level::Warn => "warning",
-                log::Level::Info => "info",
-                log::Level::Debug => "debug",
-                log::Level::Trace => "trace",
-            };
-            writeln!(buf, "microinit: {level}: {}", rec.args())
-        })
-        .init();
+/// Log lines in the dialect's shape (tini sends info and below to stdout, as it does).
+struct Logger {
+    style: LogStyle,
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, rec: &log::Record<'_>) {
+        if !self.enabled(rec.metadata()) {
+            return;
+        }
+        let (stdout, line) =
+            self.style
+                .line(rec.level(), &rec.args().to_string(), std::process::id());
+        // One write(2) per line, so lines of concurrent writers do not interleave mid-line.
+        let _ = if stdout {
+            std::io::stdout().lock().write_all(line.as_bytes())
+        } else {
+            std::io::stderr().lock().write_all(line.as_bytes())
+        };
+    }
+    fn flush(&self) {}
+}
+
+fn init_logging(style: LogStyle, verbosity: u8) {
+    if style == LogStyle::Microinit && std::env::var_os("RUST_LOG").is_some() {
+        // RUST_LOG's module filters are env_logger's; microinit's own mode honours them.
+        env_logger::Builder::new()
+            .filter_level(style.level(verbosity))
+            .parse_default_env()
+            .format(move |buf, rec| {
+                let (_, line) =
+                    style.line(rec.level(), &rec.args().to_string(), std::process::id());
+                buf.write_all(line.as_bytes())
+            })
+            .init();
+        return;
+    }
+    let level = style.level(verbosity);
+    if log::set_boxed_logger(Box::new(Logger { style, level })).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 /// Be the init: set up signals and reaping, check the runtime, then hand over to the event loop.
-fn supervise(cfg: Config) -> i32 {
-    init_logging(cfg.verbosity);
+fn supervise(mut cfg: Config) -> i32 {
+    init_logging(cfg.policy.log, cfg.verbosity);
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
     // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
     let mask = match signals::block_all() {
         Ok(m) => m,
@@ -77,15 +109,30 @@ fn supervise(cfg: Config) -> i32 {
             return 125;
         }
     };
+    // tini leaves its synchronous signals at their default action: a `kill -SEGV` ends a tini that is not
+    // PID 1 (as PID 1 the kernel drops it). Rust's runtime installed handlers for SEGV and BUS: reset them.
+    signals::leave_at_default(cfg.policy.default_action);
+    if cfg.policy.pdeathsig == PdeathsigTarget::Init {
+        // tini -p: the signal is for the init itself when its parent dies; it is then forwarded like any other.
+        if let Some(sig) = cfg.supervisor.pdeathsig.take() {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+        }
+    }
     let is_pid1 = std::process::id() == 1;
     if !is_pid1 {
+        let wanted = match cfg.policy.subreaper {
+            Subreaper::Always | Subreaper::Requested(true) => true,
+            Subreaper::Requested(false) => {
+                log::warn!("not running as PID 1 and not a child subreaper: orphaned zombies will not be reaped by this init (use -s or set TINI_SUBREAPER, or run it as PID 1)");
+                false
+            }
+            Subreaper::Never => false,
+        };
         // Orphans of the app are reparented to the nearest subreaper: us, not the host's init.
         // SAFETY: prctl with integer arguments only.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if r != 0 {
+        if wanted && unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
             log::warn!("not PID 1 and cannot become a child subreaper: zombies of the app will not be reaped");
-        } else if cfg.supervisor.warn_not_reaper && cfg.dialect == config::Dialect::Tini {
-            log::info!("not running as PID 1; registered as a child subreaper instead");
         }
     }
     let mut signals = match signals::Signals::open() {
@@ -112,8 +159,7 @@ fn supervise(cfg: Config) -> i32 {
         // A dangling link is the runtime check's business (it names the volume and may wait for it);
         // anything else is a plain "not found" / "not executable".
         if !(cfg.runtime.enabled && e.is_dangling_link()) {
-            eprintln!("microinit: {}", e.message(&name));
-            return e.exit_code();
+            return lookup_failed(&cfg, e, &name);
         }
     }
     let mut runtime_json = None;
@@ -133,10 +179,7 @@ fn supervise(cfg: Config) -> i32 {
         first
     } {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("microinit: {}", e.message(&name));
-            return e.exit_code();
-        }
+        Err(e) => return lookup_failed(&cfg, &e, &name),
     };
     let setup = event_loop::Setup {
         mask,
@@ -152,4 +195,20 @@ fn supervise(cfg: Config) -> i32 {
             125
         }
     }
+}
+
+/// The app cannot be executed: microinit's message, or the dialect's exec failure line and code.
+fn lookup_failed(cfg: &Config, e: &which::LookupError, name: &std::ffi::OsStr) -> i32 {
+    if cfg.policy.exec_failure == policy::ExecFailure::Microinit {
+        eprintln!("microinit: {}", e.message(name));
+        return e.exit_code();
+    }
+    let (code, line) = policy::exec_failure(
+        cfg.policy.exec_failure,
+        &name.to_string_lossy(),
+        e.errno(),
+        std::process::id(),
+    );
+    eprintln!("{line}");
+    code
 }

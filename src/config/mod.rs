@@ -11,6 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod policy;
+pub use policy::DialectPolicy;
+
 /// Which command-line dialect we were started with (chosen by argv[0] or the subcommand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -59,8 +62,6 @@ pub struct SupervisorConfig {
     pub remap_exit: Vec<i32>,
     /// After forwarding SIGTERM/SIGINT (and after the app exits, for leftovers): how long before SIGKILL.
     pub grace: Duration,
-    /// Become a child subreaper when not PID 1 (always tried; `tini -s` only silences the warning).
-    pub warn_not_reaper: bool,
     /// tini -w: log every reaped zombie at warn level.
     pub warn_on_reap: bool,
     pub restart: RestartPolicy,
@@ -184,6 +185,10 @@ pub struct ControlConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dialect: Dialect,
+    /// What the dialect changes (end of life, subreaper, messages …), as data.
+    pub policy: DialectPolicy,
+    /// One line each, logged once logging is set up (options of a section that is off, …).
+    pub warnings: Vec<String>,
     /// 0 warn, 1 info, 2 debug, 3+ trace (RUST_LOG overrides).
     pub verbosity: u8,
     pub supervisor: SupervisorConfig,
@@ -205,11 +210,28 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     values: std::collections::BTreeMap<String, Vec<String>>,
+    /// The spelling the user gave each key with (`--grace`, `-g`, `MICROINIT_GRACE`), for messages.
+    origin: std::collections::BTreeMap<String, String>,
 }
 
 impl Options {
+    /// Set from the environment: the variable is its own name.
     pub fn set(&mut self, key: &str, values: Vec<String>) {
         self.values.insert(key.to_string(), values);
+        self.origin.remove(key);
+    }
+    /// Set from a flag: messages about `key` name `flag`, the spelling the user typed.
+    pub fn set_from(&mut self, key: &str, values: Vec<String>, flag: &str) {
+        self.values.insert(key.to_string(), values);
+        self.origin.insert(key.to_string(), flag.to_string());
+    }
+    /// How the user spelled `key`: the flag they used, or the environment variable.
+    pub fn source<'a>(&'a self, key: &'a str) -> &'a str {
+        self.origin.get(key).map_or(key, String::as_str)
+    }
+    /// True when `key` has a non-empty value.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.get(key).is_some()
     }
     /// The last value given for `key`, if any (empty strings count as unset).
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -233,9 +255,24 @@ impl Options {
     pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, String> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|e| format!("{key}={v}: {e}")),
+            Some(v) => parse_duration(v).map_err(|e| format!("{}: {e}", self.source(key))),
         }
     }
+}
+
+/// `s` for a one-line message: control characters (newlines, escape sequences) shown escaped, so a value
+/// echoed back cannot forge extra lines or drive the terminal.
+pub fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// "250ms", "10s", "1m", "2h", "1m30s" or a bare number of seconds ("1.5").
@@ -304,6 +341,23 @@ mod tests {
         assert_eq!(o.get("B"), None);
         assert!(!o.flag("B"));
         assert_eq!(o.all("A").len(), 2);
+    }
+
+    #[test]
+    fn escaping_keeps_an_echoed_value_on_one_line() {
+        assert_eq!(escape("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape("grüße 10s"), "grüße 10s");
+    }
+
+    #[test]
+    fn a_message_names_the_flag_the_user_typed_or_the_variable() {
+        let mut o = Options::default();
+        o.set("MICROINIT_GRACE", vec!["soon".into()]);
+        let e = o.duration("MICROINIT_GRACE", Duration::ZERO).unwrap_err();
+        assert!(e.starts_with("MICROINIT_GRACE: "), "{e}");
+        o.set_from("MICROINIT_GRACE", vec!["soon".into()], "--grace");
+        let e = o.duration("MICROINIT_GRACE", Duration::ZERO).unwrap_err();
+        assert!(e.starts_with("--grace: "), "{e}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Dialect, Isolation, RestartPolicy, SupervisorConfig};
+use crate::config::policy::{ChildSignals, EndOfLife};
+use crate::config::{Config, Dialect, DialectPolicy, Isolation, RestartPolicy, SupervisorConfig};
 use crate::consul::registration::{self, CheckStatus, Registration};
 use crate::control::health;
 use crate::control::server::ControlServer;
@@ -117,6 +118,8 @@ struct PendingForward {
 /// Everything the loop knows; also what `microinit status` shows.
 pub struct EventLoop {
     cfg: SupervisorConfig,
+    /// The dialect's rules (end of life, what the child inherits, which signals are not forwarded …).
+    policy: DialectPolicy,
     mask: OriginalMask,
     signals: Signals,
     is_pid1: bool,
@@ -136,6 +139,8 @@ pub struct EventLoop {
 
     children: HashMap<i32, Owner>,
     app_pid: Option<i32>,
+    /// The app's pid after it exited (dumb-init's end of life signals its group).
+    last_app_pid: Option<i32>,
     app_started: Option<Instant>,
     state: AppState,
     /// A stop was requested (SIGTERM/SIGINT, fatal error): no more restarts.
@@ -249,11 +254,13 @@ impl EventLoop {
             consul_required,
             control,
             dialect,
+            policy: cfg.policy,
             connect_signalled,
             read_wait_ok,
             cfg: cfg.supervisor,
             children: HashMap::new(),
             app_pid: None,
+            last_app_pid: None,
             app_started: None,
             state: AppState::Starting,
             stopping: false,
@@ -334,7 +341,7 @@ impl EventLoop {
             m.publish(metrics::Values {
                 app_up: self.app_pid.is_some(),
                 restarts: self.restarts,
-                last_exit: self.last_exit.map(|s| s.remapped(&[])),
+                last_exit: self.last_exit.map(|s| s.code()),
                 zombies_reaped: self.zombies_reaped,
                 signals_forwarded: self.signals_forwarded,
                 waiting_upstreams: self.state == AppState::Waiting,
@@ -425,6 +432,7 @@ impl EventLoop {
             pdeathsig: Some(libc::SIGKILL),
             output: None,
             mask: self.mask,
+            default_dispositions: false,
             extra_env: env,
         };
         match spawn::spawn(&spec) {
@@ -451,6 +459,10 @@ impl EventLoop {
             .is_some_and(|(_, give_up)| Instant::now() >= give_up);
         if gave_up {
             log::warn!("processes still alive after SIGKILL and {KILL_SETTLE:?}; exiting anyway");
+        }
+        if matches!(self.policy.end_of_life, EndOfLife::ExitAtOnce { .. }) {
+            // tini and dumb-init leave what is left to the kernel: as PID 1 our exit SIGKILLs the namespace.
+            return Some(code);
         }
         // ECHILD: the last descendant is reaped, nothing to wait for (no fixed sleep, unlike s6-overlay).
         (no_children || gave_up).then_some(code)
@@ -727,16 +739,19 @@ impl EventLoop {
             self.reap_due = true;
             return;
         }
-        if !signals::is_forwardable(sig) {
+        if !signals::is_forwardable(sig) || self.policy.not_forwarded.contains(&sig) {
             return;
         }
         // Without our own process group the terminal's signals (Ctrl-C, sent by the kernel to the whole
         // foreground group) already reached the app; forwarding would deliver them twice.
-        if self.cfg.isolation == Isolation::None && s.code == libc::SI_KERNEL {
+        if self.cfg.isolation == Isolation::None
+            && s.code == libc::SI_KERNEL
+            && !self.policy.forward_kernel_signals_to_shared_group
+        {
             return;
         }
         self.deliver(sig);
-        if signals::is_tty_stop(sig) {
+        if signals::is_tty_stop(sig) && self.policy.tty_stop_suspends_init {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)
             spawn::kill(std::process::id() as i32, libc::SIGSTOP);
@@ -788,9 +803,9 @@ impl EventLoop {
             if let Some(d) = &mut self.discovery {
                 d.abort_wait();
             }
-            let status = self
-                .last_exit
-                .map_or(128 + signal, |s| s.remapped(&self.cfg.remap_exit));
+            let status = self.last_exit.map_or(128 + signal, |s| {
+                s.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths)
+            });
             self.begin_exit(status);
             return;
         }
@@ -851,7 +866,7 @@ impl EventLoop {
 
     fn forward_stop(&mut self, signal: i32) {
         self.forward(signal);
-        if self.app_pid.is_some() && self.kill_app_at.is_none() {
+        if self.app_pid.is_some() && self.kill_app_at.is_none() && self.policy.kill_after_grace {
             self.kill_app_at = Some(Instant::now() + self.cfg.grace);
         }
     }
@@ -885,12 +900,22 @@ impl EventLoop {
             take_tty: self.take_tty,
             pdeathsig: self.cfg.pdeathsig,
             output: None,
-            mask: self.mask,
+            mask: match self.policy.child_signals {
+                ChildSignals::Inherited => self.mask,
+                ChildSignals::Reset => OriginalMask::empty(),
+            },
+            default_dispositions: self.policy.child_signals == ChildSignals::Reset,
             extra_env: &[],
         };
         match spawn::spawn(&spec) {
             Ok(pid) => {
                 log::info!("started {} as pid {pid}", self.app_path.display());
+                if self.policy.chdir_root {
+                    // dumb-init: the init pins no directory (the app keeps the caller's).
+                    if let Err(e) = nix::unistd::chdir("/") {
+                        log::debug!("cannot chdir to /: {e}");
+                    }
+                }
                 self.children.insert(pid, Owner::App);
                 self.no_children = false;
                 self.app_pid = Some(pid);
@@ -904,8 +929,26 @@ impl EventLoop {
                 }
             }
             Err(e) => {
-                eprintln!("microinit: {e}");
-                let status = ExitStatus::Code(e.exit_code());
+                let code = match (&e, self.policy.exec_failure) {
+                    (spawn::SpawnError::Exec { errno, .. }, style)
+                        if style != crate::config::policy::ExecFailure::Microinit =>
+                    {
+                        let name = self.cfg.command[0].to_string_lossy();
+                        let (code, line) = crate::config::policy::exec_failure(
+                            style,
+                            &name,
+                            *errno as i32,
+                            std::process::id(),
+                        );
+                        eprintln!("{line}");
+                        code
+                    }
+                    _ => {
+                        eprintln!("microinit: {e}");
+                        e.exit_code()
+                    }
+                };
+                let status = ExitStatus::Code(code);
                 self.last_exit = Some(status);
                 self.after_app_exit(status);
             }
@@ -914,7 +957,7 @@ impl EventLoop {
 
     fn on_app_exit(&mut self, status: ExitStatus) {
         log::info!("app (pid {}) ended: {status}", self.app_pid.unwrap_or(0));
-        self.app_pid = None;
+        self.last_app_pid = self.app_pid.take();
         self.kill_app_at = None;
         self.last_exit = Some(status);
         self.after_app_exit(status);
@@ -963,7 +1006,7 @@ impl EventLoop {
         if policy_restarts && !under_max && !self.stopping {
             log::warn!("app {status}; giving up after {} restarts", self.restarts);
         }
-        self.begin_exit(status.remapped(&self.cfg.remap_exit));
+        self.begin_exit(status.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths));
     }
 
     /// The app is gone for good: deregister, post-stop hook, then sweep what is left.
@@ -975,9 +1018,23 @@ impl EventLoop {
             r.send(registration::Command::Deregister);
             self.deregistering_until = Some(Instant::now() + DEREGISTER_BOUND);
         }
+        if let (EndOfLife::ExitAtOnce { signal_group: true }, Some(pid)) =
+            (self.policy.end_of_life, self.last_app_pid)
+        {
+            // dumb-init: SIGTERM (after the rewrites, so `-r 15:0` sends nothing) to the app's group.
+            let to = self
+                .cfg
+                .rewrites
+                .iter()
+                .find(|r| r.from == libc::SIGTERM)
+                .map_or(libc::SIGTERM, |r| r.to);
+            if to != 0 {
+                spawn::kill(-pid, to);
+            }
+        }
         match self.cfg.hooks.post_stop.clone() {
             Some(cmd) => self.start_hook(HookKind::PostStop, &cmd),
-            None => self.sweep_due = true,
+            None => self.sweep_due = self.policy.end_of_life == EndOfLife::Sweep,
         }
     }
 
@@ -1040,7 +1097,7 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
-                        log::warn!("reaped zombie pid {pid} ({status})");
+                        log::warn!("Reaped zombie process with pid={pid}");
                     } else {
                         log::debug!("reaped orphan pid {pid} ({status})");
                     }
@@ -1063,6 +1120,7 @@ impl EventLoop {
             pdeathsig: Some(libc::SIGKILL),
             output,
             mask: self.mask,
+            default_dispositions: false,
             extra_env: &[],
         })
     }

@@ -34,10 +34,12 @@ impl ExitStatus {
         self == ExitStatus::Code(0)
     }
 
-    /// `-e CODE`: codes the user declared successful become 0. Applies to exit codes only, as in tini.
-    pub fn remapped(self, remap: &[i32]) -> i32 {
+    /// `-e CODE`: codes the user declared successful become 0. microinit applies it to exit codes only (a
+    /// death by signal stays a failure); tini to 128+signal too (`signal_deaths`).
+    pub fn remapped(self, remap: &[i32], signal_deaths: bool) -> i32 {
         match self {
             ExitStatus::Code(n) if remap.contains(&n) => 0,
+            ExitStatus::Signal(_) if signal_deaths && remap.contains(&self.code()) => 0,
             other => other.code(),
         }
     }
@@ -74,8 +76,9 @@ mod tests {
     fn codes_and_remap() {
         assert_eq!(ExitStatus::Code(3).code(), 3);
         assert_eq!(ExitStatus::Signal(15).code(), 143);
-        assert_eq!(ExitStatus::Code(143).remapped(&[143]), 0);
-        assert_eq!(ExitStatus::Signal(15).remapped(&[143]), 143);
+        assert_eq!(ExitStatus::Code(143).remapped(&[143], false), 0);
+        assert_eq!(ExitStatus::Signal(15).remapped(&[143], false), 143);
+        assert_eq!(ExitStatus::Signal(15).remapped(&[143], true), 0);
         assert!(!ExitStatus::Signal(9).success());
     }
 }

@@ -100,6 +100,13 @@ pub fn signal_name(sig: i32) -> String {
 #[derive(Clone, Copy)]
 pub struct OriginalMask(pub libc::sigset_t);
 
+impl OriginalMask {
+    /// Nothing blocked (dumb-init unblocks every signal in its child).
+    pub fn empty() -> OriginalMask {
+        OriginalMask(*SigSet::empty().as_ref())
+    }
+}
+
 /// Block every signal in this thread (and so in every thread spawned later, which inherit the mask).
 ///
 /// Must run before any thread exists: a thread created earlier would keep an open mask and the kernel would
@@ -112,6 +119,23 @@ pub fn block_all() -> nix::Result<OriginalMask> {
         Some(&mut old),
     )?;
     Ok(OriginalMask(*old.as_ref()))
+}
+
+/// Unblock `sigs` and give them their default action again (a dialect policy: tini leaves its synchronous
+/// signals alone). Rust's runtime installed SEGV/BUS handlers for stack overflows; those go too.
+pub fn leave_at_default(sigs: &[i32]) {
+    if sigs.is_empty() {
+        return;
+    }
+    let mut set = SigSet::empty();
+    for &s in sigs {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+            set.add(sig);
+            // SAFETY: SIG_DFL is always a valid disposition.
+            unsafe { libc::signal(s, libc::SIG_DFL) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
 }
 
 /// The non-blocking signalfd over every signal, and a blocking twin over the same queue.

@@ -33,6 +33,8 @@ pub struct SpawnSpec<'a> {
     /// Both stdout and stderr go here (health command output); None keeps ours.
     pub output: Option<RawFd>,
     pub mask: OriginalMask,
+    /// Signals 1-31 back to their default action, inherited ignores included (dumb-init's child).
+    pub default_dispositions: bool,
     /// Variables added to (or replacing in) microinit's environment for this child; usually empty.
     pub extra_env: &'a [(String, String)],
 }
@@ -192,6 +194,11 @@ unsafe fn child(
     // Rust's runtime ignores SIGPIPE before main, and an ignored disposition survives exec: give the app
     // the default back, as std::process::Command does (handlers need nothing: exec resets them).
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    if spec.default_dispositions {
+        for s in 1..=31 {
+            libc::signal(s, libc::SIG_DFL);
+        }
+    }
     // The app gets the mask microinit was started with, not our all-blocked one (which exec keeps).
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     libc::execve(path, argv.as_ptr(), envp);

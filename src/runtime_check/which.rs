@@ -28,6 +28,14 @@ impl LookupError {
         }
     }
 
+    /// The errno execvp would have failed with (dialects report it in their own words).
+    pub fn errno(&self) -> i32 {
+        match self {
+            LookupError::NotFound { .. } => libc::ENOENT,
+            LookupError::NotExecutable { .. } => libc::EACCES,
+        }
+    }
+
     /// Not found, but a candidate is a symlink whose target is missing: a runtime volume not mounted
     /// (or not yet), which the runtime check explains better than "not found".
     pub fn is_dangling_link(&self) -> bool {
@@ -41,8 +49,8 @@ impl LookupError {
     pub fn message(&self, name: &OsStr) -> String {
         match self {
             LookupError::NotFound { tried } if tried.len() == 1 => format!(
-                "command not found: {} (no such file; check the path or the image's contents)",
-                tried[0].display()
+                "command not found: {:?} (no such file; check the path or the image's contents)",
+                tried[0]
             ),
             LookupError::NotFound { tried } => {
                 let mut dirs: Vec<String> = Vec::new();
@@ -68,6 +76,12 @@ impl LookupError {
 
 /// Resolve `name` like execvp does, with `path_var` as PATH (None → DEFAULT_PATH).
 pub fn resolve(name: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, LookupError> {
+    if name.is_empty() {
+        // execvp("") fails with ENOENT without searching (joined to a PATH entry it would name the directory).
+        return Err(LookupError::NotFound {
+            tried: vec![PathBuf::new()],
+        });
+    }
     if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
         return check_executable(&p).map(|()| p);
