@@ -146,6 +146,8 @@ pub enum ServiceSource {
         id: String,
         port: Option<u16>,
         address: Option<String>,
+        /// Consul's `TaggedAddresses` (`lan`, `wan`), when given.
+        tagged_addresses: Option<serde_json::Value>,
         tags: Vec<String>,
         meta: Vec<(String, String)>,
     },
@@ -171,6 +173,8 @@ pub struct ConsulConfig {
     pub readiness: Readiness,
     /// Time between deregistering and forwarding SIGTERM.
     pub drain: Duration,
+    /// How long a stop waits for the agent to confirm the deregistration (`--deregister-timeout`).
+    pub deregister_timeout: Duration,
     /// Any registration failure is fatal instead of logged.
     pub required: bool,
 }

@@ -81,6 +81,10 @@ impl Client {
             .timeout(CALL_TIMEOUT)
             // The agent API never redirects; following one could send the token elsewhere.
             .redirects(0)
+            // No idle keep-alive connection per instance: Consul allows 200 connections per client address
+            // (http_max_conns_per_client), and hundreds of microinits behind one address (host networking)
+            // would hold them all while idle. A heartbeat every TTL/2 pays one loopback/LAN connect instead.
+            .max_idle_connections(0)
             .user_agent(concat!("microinit/", env!("CARGO_PKG_VERSION")));
         let builder = tls::configure(builder, addr, cacert)?;
         Ok(Client {

@@ -2,6 +2,8 @@
 //!
 //! Owns: everything that talks to a Consul agent. Does not own: when the app starts or stops (`init`).
 
+pub mod address;
 pub mod client;
+pub mod identity;
 pub mod registration;
 pub mod watch;

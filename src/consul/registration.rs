@@ -5,7 +5,7 @@
 //! mark passing once ready (immediately, first passing health result, or a TCP port accepting), heartbeat at
 //! TTL/2 and on every health result, re-register at once when the agent forgot the service, capped exponential
 //! backoff with jitter while the agent is down, maintenance mode, and deregistration within
-//! [`DEREGISTER_BOUND`] of the request. Does not own: spawning or reaping the health command, signals, or
+//! `--deregister-timeout` ([`DEREGISTER_BOUND`] by default) of the request. Does not own: spawning or reaping the health command, signals, or
 //! the drain timer (the main loop does those and talks to the worker through [`Command`] / [`Event`] and the
 //! eventfd of [`Registration::wake_fd`]). The HTTP calls themselves are in `consul`.
 
@@ -24,13 +24,16 @@ use crate::config::discovery::AgentConfig;
 use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
+use crate::consul::{address, identity};
 
-/// A deregistration request is answered ([`Event::Deregistered`]) within this time after [`Registration::send`],
-/// even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
+/// Default of `--deregister-timeout`: a deregistration request is answered ([`Event::Deregistered`]) within
+/// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
 /// call gets whatever remains. A host name in CONSUL_HTTP_ADDR is resolved by the system resolver on each
 /// call, which no HTTP timeout covers: use an IP address for a hard bound (the main loop's own deadline
 /// still bounds PID 1 either way).
 pub const DEREGISTER_BOUND: Duration = Duration::from_secs(2);
+/// Consul raises a DeregisterCriticalServiceAfter below this to it (its reaper's floor).
+const CONSUL_MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// Kept free inside the bound for the event to reach the main loop.
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
 /// First retry delay after a failure; doubles up to `backoff_cap()`.
@@ -38,6 +41,15 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// TCP readiness: connect timeout and the pause between attempts.
 const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Tell the app (and the hooks and health command, which inherit PID 1's environment) the service ID it
+/// is registered under, in `MICROINIT_SERVICE_ID`: the default ID is computed, and an app that looks
+/// itself up in Consul must do so by ID (the name is shared by every replica). Call on PID 1's main thread
+/// before any other thread exists: setenv is not thread-safe.
+pub fn export_service_id(cfg: &ConsulConfig) {
+    let (_, id, _) = service_definition(cfg);
+    std::env::set_var("MICROINIT_SERVICE_ID", id);
+}
 
 /// What the main loop tells the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +62,7 @@ pub enum Command {
     AppDown { reason: String },
     /// `microinit maintenance on|off`: answered with [`Event::MaintenanceResult`].
     Maintenance { on: bool, reason: Option<String> },
-    /// Deregister now (SIGTERM or app exit): answered with [`Event::Deregistered`] within [`DEREGISTER_BOUND`].
+    /// Deregister now (SIGTERM or app exit): answered with [`Event::Deregistered`] within [`Registration::deregister_bound`].
     Deregister,
     /// Stop the worker thread (after `Deregister`, or when registration is no longer wanted).
     Shutdown,
@@ -72,6 +84,7 @@ pub struct Registration {
     events: Receiver<Event>,
     wake: Arc<EventFd>,
     status: Arc<Mutex<Value>>,
+    deregister_bound: Duration,
 }
 
 impl Registration {
@@ -86,6 +99,7 @@ impl Registration {
         let (ev_tx, ev_rx) = mpsc::channel();
         let (definition, id, name) = service_definition(&cfg);
         let status = Arc::new(Mutex::new(Value::Null));
+        let deregister_bound = cfg.deregister_timeout;
         let worker = Worker {
             check_id: format!("microinit:{id}"),
             client,
@@ -114,9 +128,16 @@ impl Registration {
             failures: 0,
             last_error: None,
             last_heartbeat: None,
+            last_delivered: None,
+            critical_since: Some(Instant::now()),
+            removed_by_consul: false,
+            register_sent: false,
+            unconfirmed: false,
+            registrations: 0,
             rng: seed(),
             cfg,
         };
+        worker.warn_about_config();
         worker.publish();
         std::thread::Builder::new()
             .name("consul".into())
@@ -126,7 +147,13 @@ impl Registration {
             events: ev_rx,
             wake,
             status,
+            deregister_bound,
         })
+    }
+
+    /// Within this time after [`Command::Deregister`] the worker answers [`Event::Deregistered`].
+    pub fn deregister_bound(&self) -> Duration {
+        self.deregister_bound
     }
 
     /// Readable when events are queued; the main loop polls it and then calls [`Registration::take_events`].
@@ -213,6 +240,22 @@ struct Worker {
     last_error: Option<String>,
     /// (unix seconds, error if the heartbeat failed).
     last_heartbeat: Option<(u64, Option<String>)>,
+    /// The last status the agent accepted, and when: what the TTL check shows until it expires.
+    last_delivered: Option<(Instant, CheckStatus)>,
+    /// Since when `check` has been critical (None while it is not): tells Consul's own reaping
+    /// (DeregisterCriticalServiceAfter) apart from an agent that forgot the service.
+    critical_since: Option<Instant>,
+    /// Consul removed the service after it stayed critical for deregister-after, as we asked it to: it is
+    /// registered again when the app starts again or becomes ready, never in a loop while it stays down.
+    removed_by_consul: bool,
+    /// A registration request left this process (even one that timed out: the agent may still execute it).
+    register_sent: bool,
+    /// The last registration request got no answer (timeout, reset): the agent may have executed it anyway,
+    /// so the next attempt is a heartbeat, which tells (404: it did not), instead of one more registration
+    /// for a slow agent to execute.
+    unconfirmed: bool,
+    /// Successful registrations (first one included), for `status` and the tests.
+    registrations: u32,
     rng: u64,
 }
 
@@ -254,8 +297,11 @@ impl Worker {
                 }
                 self.phase = Phase::Active;
                 self.app_up = true;
+                // A new app process: if Consul reaped the service while the previous one was down, this is
+                // the moment to be listed again (critical until ready).
+                self.removed_by_consul = false;
                 self.ready = self.cfg.readiness == Readiness::Immediate;
-                self.check = if self.ready {
+                let check = if self.ready {
                     self.last_health.clone().unwrap_or((
                         CheckStatus::Passing,
                         format!("microinit: app running (pid {pid})"),
@@ -266,6 +312,7 @@ impl Worker {
                         format!("microinit: app started (pid {pid}), not ready yet"),
                     )
                 };
+                self.set_check(check);
                 if let Readiness::Tcp(_) = self.cfg.readiness {
                     self.probe_due = Some(Instant::now());
                 }
@@ -282,7 +329,7 @@ impl Worker {
                 {
                     self.ready = true;
                 }
-                self.check = if self.ready {
+                let check = if self.ready {
                     (status, output)
                 } else {
                     (
@@ -290,6 +337,7 @@ impl Worker {
                         format!("microinit: not ready yet; health: {output}"),
                     )
                 };
+                self.set_check(check);
                 if self.phase == Phase::Active {
                     self.sync();
                 }
@@ -299,7 +347,7 @@ impl Worker {
                 self.ready = false;
                 self.probe_due = None;
                 self.last_health = None;
-                self.check = (CheckStatus::Critical, reason);
+                self.set_check((CheckStatus::Critical, reason));
                 if self.phase == Phase::Active {
                     self.sync();
                 }
@@ -321,6 +369,16 @@ impl Worker {
             // Handled by run().
             Command::Shutdown => {}
         }
+    }
+
+    /// The status the TTL check should show from now on; keeps `critical_since` in step.
+    fn set_check(&mut self, check: (CheckStatus, String)) {
+        match (check.0, self.check.0) {
+            (CheckStatus::Critical, CheckStatus::Critical) => {}
+            (CheckStatus::Critical, _) => self.critical_since = Some(Instant::now()),
+            _ => self.critical_since = None,
+        }
+        self.check = check;
     }
 
     /// A timer fired: TCP readiness probe, retry after backoff, or heartbeat.
@@ -354,86 +412,124 @@ impl Worker {
         }
         self.probe_due = None;
         self.ready = true;
-        self.check = self.last_health.clone().unwrap_or((
+        let check = self.last_health.clone().unwrap_or((
             CheckStatus::Passing,
             format!("microinit: {target} accepts connections"),
         ));
+        self.set_check(check);
         self.sync();
     }
 
-    /// Bring Consul in line with `self.check`: register when not registered, else update the TTL check.
+    /// Bring Consul in line with `self.check`: register when not registered, else a heartbeat (TTL check
+    /// update). A failed heartbeat is retried as a heartbeat; only the agent saying it does not know the
+    /// check leads back to a registration.
     fn sync(&mut self) {
         if self.phase != Phase::Active {
             return;
         }
         self.retry_due = None;
-        if !self.registered {
+        if self.registered || self.unconfirmed {
+            self.heartbeat();
+        } else if self.removed_by_consul && self.check.0 == CheckStatus::Critical {
+            // Consul reaped the service because it stayed critical on purpose (app down, not ready):
+            // registering it again now would only start the same countdown over (a churn loop).
+            self.heartbeat_due = None;
+        } else {
             self.register();
-            return;
         }
+    }
+
+    fn heartbeat(&mut self) {
         let (status, output) = self.check.clone();
         match self
             .client
             .update_check(&self.check_id, &self.name, status, &output)
         {
             Ok(()) => {
-                self.last_heartbeat = Some((unix_now(), None));
-                self.heartbeat_due = Some(Instant::now() + self.cfg.check_ttl / 2);
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                // The agent restarted (it forgets API-registered services in dev mode and without a
-                // data dir) or someone removed our check: re-register at once with the full definition.
-                let why = match self.client.service_known(&self.id, &self.name) {
-                    Ok(false) => "the agent forgot the service (restarted?)",
-                    Ok(true) => "the agent lost the TTL check",
-                    Err(_) => "the TTL check is unknown to the agent",
-                };
-                log::warn!("consul: {why}; re-registering {:?}", self.id);
-                self.last_heartbeat = Some((unix_now(), Some(e.message)));
-                self.registered = false;
-                // Two calls are behind us: a waiting deregistration goes first (its bound counts).
-                if !self.stop_requested() {
-                    self.register();
+                if std::mem::take(&mut self.unconfirmed) {
+                    self.confirmed_registration("the registration was late but went through");
+                    if self.maintenance.is_some() {
+                        if let Err(e) = self.apply_maintenance() {
+                            log::warn!("{e}");
+                        }
+                    }
                 }
+                self.last_heartbeat = Some((unix_now(), None));
+                self.last_delivered = Some((Instant::now(), status));
+                self.failures = 0;
+                if self.last_error.take().is_some() {
+                    log::info!("consul: heartbeats for {:?} go through again", self.id);
+                }
+                self.schedule_heartbeat();
             }
+            Err(e) if e.kind == ErrorKind::NotFound => self.check_unknown(e),
+            // Timeouts, refusals, other errors: the registration may well be intact (a stalled agent still
+            // holds it), so the retry is a heartbeat again; re-registering here is what turned a slow agent
+            // into a retry storm.
             Err(e) => {
                 self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
-                self.registered = false;
                 self.failed(e);
             }
         }
     }
 
-    fn register(&mut self) {
-        let mut def = self.definition.clone();
-        if let Some(check) = def
-            .get_mut("Checks")
-            .and_then(Value::as_array_mut)
-            .and_then(|c| c.last_mut())
-        {
-            check["Status"] = json!(self.check.0.as_str());
+    /// The agent does not know our check: Consul reaped the service on purpose, or the agent forgot it.
+    fn check_unknown(&mut self, e: crate::consul::client::Error) {
+        self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
+        self.registered = false;
+        if std::mem::take(&mut self.unconfirmed) {
+            // Our unanswered registration did not reach the agent (or not yet): send it again.
+            self.register();
+            return;
         }
-        if let Err(e) = self.client.register(&def, &self.name) {
+        let deregister_after = effective_deregister_after(&self.cfg);
+        if self.check.0 == CheckStatus::Critical
+            && self
+                .critical_since
+                .is_some_and(|t| t.elapsed() >= deregister_after)
+        {
+            self.removed_by_consul = true;
+            self.heartbeat_due = None;
+            log::warn!(
+                "consul: Consul removed service {:?} after its check stayed critical for {} \
+                 (--deregister-after) because {}; it is registered again when the app {}",
+                self.id,
+                human(deregister_after),
+                self.check.1,
+                if self.app_up {
+                    "is ready"
+                } else {
+                    "starts again"
+                }
+            );
+            return;
+        }
+        let why = match self.client.service_known(&self.id, &self.name) {
+            Ok(false) => "the agent does not know the service (restarted or lost its state)",
+            Ok(true) => "the agent lost the TTL check",
+            Err(_) => "the TTL check is unknown to the agent",
+        };
+        log::warn!("consul: {why}; registering {:?} again", self.id);
+        // Two calls are behind us: a waiting deregistration goes first (its bound counts).
+        if !self.stop_requested() {
+            self.register();
+        }
+    }
+
+    /// Register with the check CRITICAL, whatever the app's state: only a heartbeat makes it passing. A
+    /// registration the agent executes late (it stalled, we gave up on the request, maybe deregistered
+    /// meanwhile) can therefore never list a stopped instance as passing.
+    fn register(&mut self) {
+        self.register_sent = true;
+        if let Err(e) = self.client.register(&self.definition, &self.name) {
+            self.unconfirmed = e.kind == ErrorKind::Unreachable;
             self.failed(e);
             return;
         }
-        if !self.ever_registered || self.last_error.is_some() {
-            log::info!(
-                "consul: registered service {:?} with {}",
-                self.id,
-                self.client.base_url()
-            );
-        }
-        self.registered = true;
-        self.ever_registered = true;
-        // The registration carried the check's status, so it refreshed the TTL: it is a heartbeat too
-        // (`microinit status` must not say "never" while a deregistration keeps the follow-up from running).
-        self.last_heartbeat = Some((unix_now(), None));
-        self.failures = 0;
-        self.last_error = None;
-        self.heartbeat_due = Some(Instant::now() + self.cfg.check_ttl / 2);
-        // The registration carried the status; the output (and a maintenance mode dropped by
-        // replace-existing-checks) follow, unless a deregistration is already waiting.
+        self.confirmed_registration("critical until the first heartbeat");
+        self.schedule_heartbeat();
+        // The status, the output (and a maintenance mode dropped by replace-existing-checks) follow,
+        // unless a deregistration is already waiting.
         if self.stop_requested() {
             return;
         }
@@ -445,18 +541,30 @@ impl Worker {
                 return;
             }
         }
-        let (status, output) = self.check.clone();
-        match self
-            .client
-            .update_check(&self.check_id, &self.name, status, &output)
-        {
-            Ok(()) => self.last_heartbeat = Some((unix_now(), None)),
-            Err(e) => {
-                self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
-                self.registered = false;
-                self.failed(e);
-            }
-        }
+        self.heartbeat();
+    }
+
+    /// The agent holds our registration (it answered it, or a heartbeat found the check).
+    fn confirmed_registration(&mut self, note: &str) {
+        self.registrations = self.registrations.saturating_add(1);
+        log::info!(
+            "consul: registered service {:?} with {} ({note})",
+            self.id,
+            self.client.base_url()
+        );
+        self.registered = true;
+        self.ever_registered = true;
+        self.removed_by_consul = false;
+        self.failures = 0;
+        self.last_error = None;
+        self.last_delivered = Some((Instant::now(), CheckStatus::Critical));
+    }
+
+    /// Next heartbeat in 40–50% of the TTL: jitter keeps hundreds of instances started together from
+    /// hitting the agent in the same millisecond forever after.
+    fn schedule_heartbeat(&mut self) {
+        let jitter = 0.8 + (self.next_random() % 1000) as f64 / 5000.0;
+        self.heartbeat_due = Some(Instant::now() + (self.cfg.check_ttl / 2).mul_f64(jitter));
     }
 
     fn apply_maintenance(&mut self) -> Result<(), crate::consul::client::Error> {
@@ -505,33 +613,69 @@ impl Worker {
             self.emit(Event::Deregistered);
             return;
         }
-        let deadline = sent + DEREGISTER_BOUND - DEREGISTER_MARGIN;
+        let bound = self.cfg.deregister_timeout;
+        let deadline = sent + bound.saturating_sub(DEREGISTER_MARGIN);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let was_started = self.phase != Phase::WaitingForApp;
         self.phase = Phase::Deregistered;
         self.registered = false;
+        self.unconfirmed = false;
         self.heartbeat_due = None;
         self.retry_due = None;
         self.probe_due = None;
-        if !was_started {
-            // Nothing was ever sent to the agent, so there is nothing to remove.
+        if !self.register_sent {
+            // No registration ever left this process: there is nothing to remove and nothing to reap.
         } else if remaining.is_zero() {
             log::warn!(
-                "consul: no time left to deregister {:?}; Consul will reap it after the TTL",
-                self.id
+                "consul: no time left within the deregistration bound ({}) to deregister {:?}; {}",
+                human(bound),
+                self.id,
+                self.what_consul_does_now()
             );
         } else {
             match self.client.deregister(&self.id, &self.name, remaining) {
                 Ok(()) => log::info!("consul: deregistered service {:?}", self.id),
                 Err(e) => {
-                    log::warn!(
-                        "{e}; Consul will reap the service after its TTL check stays critical"
-                    );
+                    let what = match e.kind {
+                        ErrorKind::Unreachable => format!(
+                            "the agent did not answer within the deregistration bound ({}, \
+                             --deregister-timeout)",
+                            human(bound)
+                        ),
+                        _ => "the agent refused the deregistration".to_string(),
+                    };
+                    log::warn!("consul: {what}: {e}; {}", self.what_consul_does_now());
                     self.last_error = Some(e.message);
                 }
             }
         }
         self.emit(Event::Deregistered);
+    }
+
+    /// What becomes of a service we could not deregister, in the agent's own terms.
+    fn what_consul_does_now(&self) -> String {
+        let after = human(effective_deregister_after(&self.cfg));
+        let turns_critical = match self.last_delivered {
+            Some((_, CheckStatus::Critical)) | None => "its TTL check is critical".to_string(),
+            Some((at, _)) => format!(
+                "its TTL check turns critical in {} (no heartbeat follows)",
+                human((at + self.cfg.check_ttl).saturating_duration_since(Instant::now()))
+            ),
+        };
+        format!(
+            "if the agent does not execute the request later, {turns_critical} and Consul removes \
+             the service {after} after it turned critical (--deregister-after)"
+        )
+    }
+
+    /// Start-up warnings about values Consul would change behind our back.
+    fn warn_about_config(&self) {
+        if self.cfg.deregister_after < CONSUL_MIN_DEREGISTER_AFTER {
+            log::warn!(
+                "consul: --deregister-after {} is below Consul's minimum; using {}",
+                human(self.cfg.deregister_after),
+                human(CONSUL_MIN_DEREGISTER_AFTER)
+            );
+        }
     }
 
     /// Take queued commands off the channel; true if one of them ends our work (checked between calls).
@@ -584,6 +728,7 @@ impl Worker {
             "maintenance": self.maintenance.is_some(),
             "maintenance_reason": self.maintenance.clone().flatten(),
             "last_error": self.last_error,
+            "registrations": self.registrations,
         });
         match self.status.lock() {
             Ok(mut s) => *s = v,
@@ -615,6 +760,29 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// DeregisterCriticalServiceAfter as Consul applies it: never below its one-minute floor.
+fn effective_deregister_after(cfg: &ConsulConfig) -> Duration {
+    cfg.deregister_after.max(CONSUL_MIN_DEREGISTER_AFTER)
+}
+
+/// A duration for messages: "1m", "1m30s", "2s", "7.3s", "250ms".
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        match ms % 1000 {
+            0 => format!("{}s", ms / 1000),
+            r => format!("{}.{}s", ms / 1000, r / 100),
+        }
+    } else {
+        match (ms / 1000) % 60 {
+            0 => format!("{}m", ms / 60_000),
+            s => format!("{}m{s}s", ms / 60_000),
+        }
+    }
+}
+
 /// Consul parses Go durations; milliseconds keep sub-second values exact.
 fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
@@ -628,6 +796,7 @@ fn service_definition(cfg: &ConsulConfig) -> (Value, String, String) {
             id,
             port,
             address,
+            tagged_addresses,
             tags,
             meta,
         } => {
@@ -641,6 +810,9 @@ fn service_definition(cfg: &ConsulConfig) -> (Value, String, String) {
             if let Some(a) = address {
                 def["Address"] = json!(a);
             }
+            if let Some(t) = tagged_addresses {
+                def["TaggedAddresses"] = t.clone();
+            }
             (def, Vec::new(), id.clone(), name.clone())
         }
         ServiceSource::File { definition, .. } => split_file_definition(definition),
@@ -649,7 +821,7 @@ fn service_definition(cfg: &ConsulConfig) -> (Value, String, String) {
         "CheckID": format!("microinit:{id}"),
         "Name": "microinit: app health (TTL)",
         "TTL": go_duration(cfg.check_ttl),
-        "DeregisterCriticalServiceAfter": go_duration(cfg.deregister_after),
+        "DeregisterCriticalServiceAfter": go_duration(effective_deregister_after(cfg)),
         "Status": "critical",
     }));
     def["Checks"] = Value::Array(checks);
@@ -787,12 +959,64 @@ fn parse_addr(s: &str) -> Result<ConsulAddr, String> {
     })
 }
 
-/// The container's first non-loopback IPv4 address (what other hosts reach it by), if any.
-fn first_ipv4() -> Option<String> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
-        let ip = ifa.address?.as_sockaddr_in()?.ip();
-        (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
-    })
+/// The default service ID (see `identity`), from this host's name and container.
+fn default_id(name: &str, port: Option<u16>) -> Result<String, String> {
+    let host = nix::unistd::gethostname()
+        .map_err(|e| format!("MICROINIT_SERVICE_ID unset and gethostname failed: {e}"))?;
+    Ok(identity::default_service_id(
+        name,
+        &host.to_string_lossy(),
+        identity::container_id().as_deref(),
+        port,
+    ))
+}
+
+/// `TaggedAddresses` from `--service-lan-address` / `--service-wan-address`, if any is set.
+fn tagged_addresses(opts: &Options, port: Option<u16>) -> Result<Option<Value>, String> {
+    let mut map = Map::new();
+    for (tag, key) in [
+        ("lan", "MICROINIT_SERVICE_LAN_ADDRESS"),
+        ("wan", "MICROINIT_SERVICE_WAN_ADDRESS"),
+    ] {
+        if let Some(v) = opts.get(key) {
+            map.insert(tag.into(), address::tagged(key, v, port)?);
+        }
+    }
+    Ok((!map.is_empty()).then_some(Value::Object(map)))
+}
+
+/// A service file gets what the flags would give, for every key it leaves out: the default ID (two replicas
+/// from one file must not share one), the container's address (else the agent advertises its own) and the
+/// tagged addresses of the flags. What the file says wins.
+fn fill_file_defaults(opts: &Options, definition: &mut Value) -> Result<(), String> {
+    let Some(obj) = definition.as_object_mut() else {
+        return Ok(());
+    };
+    let port = get_ci(obj, "port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok());
+    if get_ci(obj, "id").is_none() {
+        let name = get_ci(obj, "name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let id = default_id(name, port)?;
+        obj.insert("ID".into(), json!(id));
+    }
+    if get_ci(obj, "address").is_none() {
+        let address = match opts.get("MICROINIT_SERVICE_ADDRESS") {
+            Some(a) => Some(a.to_string()),
+            None => address::select(opts.get("MICROINIT_SERVICE_INTERFACE"))?,
+        };
+        if let Some(a) = address {
+            obj.insert("Address".into(), json!(a));
+        }
+    }
+    if get_ci(obj, "tagged_addresses").is_none() && get_ci(obj, "taggedaddresses").is_none() {
+        if let Some(t) = tagged_addresses(opts, port)? {
+            obj.insert("TaggedAddresses".into(), t);
+        }
+    }
+    Ok(())
 }
 
 fn nonzero(opts: &Options, key: &str, default: Duration) -> Result<Duration, String> {
@@ -856,30 +1080,26 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
                     .into(),
             )
         }
-        (None, Some(path)) => ServiceSource::File {
-            definition: parse_service_file(&path)?,
-            path,
-        },
+        (None, Some(path)) => {
+            let mut definition = parse_service_file(&path)?;
+            fill_file_defaults(opts, &mut definition)?;
+            ServiceSource::File { definition, path }
+        }
         (Some(name), None) => {
-            let id = match opts.get("MICROINIT_SERVICE_ID") {
-                Some(id) => id.to_string(),
-                None => {
-                    let host = nix::unistd::gethostname().map_err(|e| {
-                        format!("MICROINIT_SERVICE_ID unset and gethostname failed: {e}")
-                    })?;
-                    format!("{name}-{}", host.to_string_lossy())
-                }
-            };
             let port = match opts.get("MICROINIT_SERVICE_PORT") {
                 None => None,
                 Some(p) => Some(p.parse::<u16>().map_err(|_| {
                     format!("MICROINIT_SERVICE_PORT={p}: not a port number (0-65535)")
                 })?),
             };
-            let address = opts
-                .get("MICROINIT_SERVICE_ADDRESS")
-                .map(String::from)
-                .or_else(first_ipv4);
+            let id = match opts.get("MICROINIT_SERVICE_ID") {
+                Some(id) => id.to_string(),
+                None => default_id(name, port)?,
+            };
+            let address = match opts.get("MICROINIT_SERVICE_ADDRESS") {
+                Some(a) => Some(a.to_string()),
+                None => address::select(opts.get("MICROINIT_SERVICE_INTERFACE"))?,
+            };
             let meta = comma_list(opts, "MICROINIT_SERVICE_META")
                 .into_iter()
                 .map(|kv| match kv.split_once('=') {
@@ -894,6 +1114,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
                 id,
                 port,
                 address,
+                tagged_addresses: tagged_addresses(opts, port)?,
                 tags: comma_list(opts, "MICROINIT_SERVICE_TAGS"),
                 meta,
             }
@@ -946,6 +1167,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
         health_timeout: nonzero(opts, "MICROINIT_HEALTH_TIMEOUT", Duration::from_secs(3))?,
         readiness,
         drain: opts.duration("MICROINIT_DRAIN", Duration::ZERO)?,
+        deregister_timeout: nonzero(opts, "MICROINIT_DEREGISTER_TIMEOUT", DEREGISTER_BOUND)?,
         required: opts.flag("MICROINIT_CONSUL_REQUIRED"),
     }))
 }
@@ -1024,12 +1246,30 @@ mod tests {
             panic!("fields expected")
         };
         let host = nix::unistd::gethostname().expect("hostname");
-        assert_eq!(id, &format!("web-{}", host.to_string_lossy()));
-        // The default address is the first non-loopback IPv4 (none on a loopback-only host).
+        assert!(
+            id.starts_with(&format!("web-{}", host.to_string_lossy())),
+            "{id}"
+        );
+        // The default address is the default route's interface's IPv4 (none on a loopback-only host).
         if let Some(a) = address {
             let ip: std::net::Ipv4Addr = a.parse().expect("an IPv4 address");
             assert!(!ip.is_loopback(), "{ip}");
         }
+        // With a port, the port is part of the default ID: replicas sharing a hostname differ by it.
+        let with_port = |p: &str| {
+            let c = consul_config(&options(&[
+                ("MICROINIT_SERVICE_NAME", "web"),
+                ("MICROINIT_SERVICE_PORT", p),
+            ]))
+            .expect("ok")
+            .expect("on");
+            match c.service {
+                ServiceSource::Fields { id, .. } => id,
+                ServiceSource::File { .. } => unreachable!(),
+            }
+        };
+        assert!(with_port("8001").ends_with("-8001"));
+        assert_ne!(with_port("8001"), with_port("8002"));
 
         let https = parse_addr("https://[::1]").expect("https addr");
         assert_eq!(https.base_url(), "https://[::1]:8501");
@@ -1062,6 +1302,9 @@ mod tests {
             ("CONSUL_HTTP_ADDR", "h:99999", "bad port"),
             ("MICROINIT_SERVICE_PORT", "http", "MICROINIT_SERVICE_PORT"),
             ("MICROINIT_SERVICE_META", "novalue", "key=value"),
+            ("MICROINIT_SERVICE_INTERFACE", "nope0", "nope0"),
+            ("MICROINIT_SERVICE_WAN_ADDRESS", "h:x", "ADDR:PORT"),
+            ("MICROINIT_DEREGISTER_TIMEOUT", "0s", "more than 0"),
             ("MICROINIT_READY", "health", "MICROINIT_HEALTH_CMD"),
             ("MICROINIT_READY", "tcp:", "tcp:PORT"),
             ("MICROINIT_CHECK_TTL", "0s", "more than 0"),
@@ -1177,6 +1420,54 @@ mod tests {
         assert_eq!(st["service_id"], "web-1");
         assert_eq!(st["last_heartbeat"]["ok"], true);
         reg.send(Command::Shutdown);
+    }
+
+    #[test]
+    fn a_service_file_without_id_or_address_gets_the_same_defaults_as_the_flags() {
+        let dir = std::env::temp_dir().join(format!("microinit-svcdef-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("svc.json");
+        std::fs::write(&file, r#"{"service": {"name": "web", "port": 8080}}"#).expect("write");
+        let file_s = file.to_string_lossy().to_string();
+        let parse = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("MICROINIT_SERVICE_FILE", file_s.as_str())];
+            pairs.extend_from_slice(extra);
+            let c = consul_config(&options(&pairs)).expect("ok").expect("on");
+            service_definition(&c).0
+        };
+        let flags = consul_config(&options(&[
+            ("MICROINIT_SERVICE_NAME", "web"),
+            ("MICROINIT_SERVICE_PORT", "8080"),
+            ("MICROINIT_SERVICE_INTERFACE", "lo"),
+        ]))
+        .expect("ok")
+        .expect("on");
+        let def = parse(&[
+            ("MICROINIT_SERVICE_INTERFACE", "lo"),
+            ("MICROINIT_SERVICE_WAN_ADDRESS", "203.0.113.9:30080"),
+        ]);
+        assert_eq!(def["ID"], json!(service_definition(&flags).1));
+        assert_eq!(def["Address"], "127.0.0.1");
+        assert_eq!(
+            def["TaggedAddresses"],
+            json!({"wan": {"Address": "203.0.113.9", "Port": 30080}})
+        );
+        // What the file says wins over the defaults.
+        std::fs::write(
+            &file,
+            r#"{"service": {"name": "web", "id": "mine", "address": "10.9.9.9"}}"#,
+        )
+        .expect("write");
+        let def = parse(&[("MICROINIT_SERVICE_ADDRESS", "10.0.0.1")]);
+        let obj = def.as_object().expect("object");
+        assert_eq!(
+            (
+                def["ID"].as_str(),
+                get_ci(obj, "address").and_then(Value::as_str)
+            ),
+            (Some("mine"), Some("10.9.9.9"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

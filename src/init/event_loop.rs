@@ -31,10 +31,9 @@ use crate::metrics::{self, Metrics};
 
 mod control_handler;
 
-/// How long a deregistration may hold up a stop: the worker's own bound (it answers by then, even for a
-/// black-holed agent) plus a margin in case the worker itself is stuck.
-const DEREGISTER_BOUND: Duration =
-    registration::DEREGISTER_BOUND.saturating_add(Duration::from_millis(500));
+/// How long a deregistration may hold up a stop: the worker's own bound (`--deregister-timeout`; it answers
+/// by then, even for a black-holed agent) plus this margin in case the worker itself is stuck.
+const DEREGISTER_MARGIN: Duration = Duration::from_millis(500);
 /// After the final SIGKILL: how long to wait for the kernel to let the last processes go (D state).
 const KILL_SETTLE: Duration = Duration::from_secs(2);
 const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -209,7 +208,13 @@ impl EventLoop {
             ),
             None => (Duration::ZERO, false, None),
         };
-        let registration = cfg.consul.map(Registration::start).transpose()?;
+        let registration = cfg
+            .consul
+            .map(|c| {
+                registration::export_service_id(&c);
+                Registration::start(c)
+            })
+            .transpose()?;
         let discovery = Discovery::start(cfg.discovery, Instant::now())?;
         // Like the control socket: a metrics port that cannot be bound must not keep the app from running.
         let metrics = cfg.metrics.as_deref().and_then(|addr| {
@@ -669,9 +674,7 @@ impl EventLoop {
             self.spawn_app();
         }
         if self.deregistering_until.is_some_and(|t| now >= t) {
-            log::warn!(
-                "Consul deregistration did not finish within {DEREGISTER_BOUND:?}; going on"
-            );
+            log::warn!("Consul deregistration did not finish within its bound; going on");
             self.deregistering_until = None;
         }
         self.advance_pending_forward(now);
@@ -811,7 +814,7 @@ impl EventLoop {
         }
         let deregister_until = self.registration.as_ref().map(|r| {
             r.send(registration::Command::Deregister);
-            Instant::now() + DEREGISTER_BOUND
+            Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN
         });
         self.pending_forward = Some(PendingForward {
             signal,
@@ -832,9 +835,7 @@ impl EventLoop {
             if now < until {
                 return;
             }
-            log::warn!(
-                "deregistration not confirmed within {DEREGISTER_BOUND:?}; forwarding anyway"
-            );
+            log::warn!("deregistration not confirmed within its bound; forwarding anyway");
             p.deregister_until = None;
             p.not_before = Some(now);
         }
@@ -1016,7 +1017,8 @@ impl EventLoop {
         self.pending_forward = None;
         if let Some(r) = &self.registration {
             r.send(registration::Command::Deregister);
-            self.deregistering_until = Some(Instant::now() + DEREGISTER_BOUND);
+            self.deregistering_until =
+                Some(Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN);
         }
         if let (EndOfLife::ExitAtOnce { signal_group: true }, Some(pid)) =
             (self.policy.end_of_life, self.last_app_pid)

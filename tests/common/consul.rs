@@ -245,6 +245,15 @@ impl DevAgent {
         matches!(http(&self.addr(), "GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
     }
 
+    /// Stall the agent (SIGSTOP) or let it go on (SIGCONT): the kernel still completes TCP handshakes and
+    /// buffers requests, which the agent executes when it runs again, however late.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            nix::sys::signal::kill(pid, sig).expect("signal the consul agent");
+        }
+    }
+
     /// SIGKILL the agent (it forgets every service: dev mode keeps nothing on disk).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
