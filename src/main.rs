@@ -148,7 +148,7 @@ fn supervise(mut cfg: Config) -> i32 {
         // blocked, and dropped right here since they are not meant for the app.
         // SAFETY: ioctl on fd 0 with no argument.
         unsafe { libc::ioctl(0, libc::TIOCNOTTY) };
-        let _ = signals.drain();
+        signals.discard_pending();
     }
 
     let name = cfg.supervisor.command[0].clone();
@@ -162,14 +162,14 @@ fn supervise(mut cfg: Config) -> i32 {
             return lookup_failed(&cfg, e, &name);
         }
     }
-    let mut runtime_json = None;
+    let mut runtime_summary = None;
     if cfg.runtime.enabled {
         let report = runtime_check::check_waiting(&cfg.supervisor.command, &cfg.runtime);
         if !report.is_ok() {
             eprint!("{}", report.missing_message(&cfg.runtime));
             return 127;
         }
-        runtime_json = Some(report.to_json());
+        runtime_summary = Some(report.summary());
     }
     // The runtime check may have waited for the volume, so look again; without it nothing changed since the
     // first lookup, and walking PATH again would only repeat its stat(2) calls on the start-up path.
@@ -186,7 +186,7 @@ fn supervise(mut cfg: Config) -> i32 {
         signals,
         is_pid1,
         app_path,
-        runtime_check: runtime_json,
+        runtime_check: runtime_summary,
     };
     match event_loop::EventLoop::new(cfg, setup) {
         Ok(l) => l.run(),

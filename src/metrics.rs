@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use crate::control::status::Consul;
 
 /// Request head and reply must fit in this, per client.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,8 +31,8 @@ pub struct Values {
     pub watch_changes: u64,
 }
 
-/// Reads the registration worker's status document (`Registration::status_reader`).
-pub type ConsulStatus = Box<dyn Fn() -> Value + Send>;
+/// Reads the registration worker's status (`Registration::status_reader`).
+pub type ConsulStatus = Box<dyn Fn() -> Option<Consul> + Send>;
 
 /// The loop's handle.
 pub struct Metrics {
@@ -102,7 +102,7 @@ fn answer(mut s: TcpStream, v: Values, consul: Option<&ConsulStatus>) -> std::io
     let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
     let (status, body) = match (method, path) {
         (b"GET", b"/metrics") | (b"GET", b"/") => {
-            let status = consul.map(|f| f());
+            let status = consul.and_then(|f| f());
             ("200 OK", render(&v, status.as_ref(), unix_now()))
         }
         (b"GET", _) => ("404 Not Found", "only /metrics is served\n".to_string()),
@@ -116,7 +116,7 @@ fn answer(mut s: TcpStream, v: Values, consul: Option<&ConsulStatus>) -> std::io
 }
 
 /// The Prometheus text exposition of `v` and the registration status.
-pub fn render(v: &Values, consul: Option<&Value>, now_unix: u64) -> String {
+pub fn render(v: &Values, consul: Option<&Consul>, now_unix: u64) -> String {
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -169,20 +169,18 @@ pub fn render(v: &Values, consul: Option<&Value>, now_unix: u64) -> String {
         "Changes seen by --watch (first answers not counted).",
         &[("", v.watch_changes as f64)],
     );
-    let Some(c) = consul.filter(|c| c.is_object()) else {
+    let Some(c) = consul else {
         return out;
     };
-    let state = c["state"].as_str().unwrap_or("");
     metric(
         "microinit_consul_registered",
         "gauge",
         "1 while the service is registered with the agent.",
-        &[("", b(state == "registered"))],
+        &[("", b(c.state == "registered"))],
     );
-    let check = c["check"]["status"].as_str().unwrap_or("");
     let samples: Vec<(String, f64)> = ["passing", "warning", "critical"]
         .iter()
-        .map(|s| (format!("{{status=\"{s}\"}}"), b(check == *s)))
+        .map(|s| (format!("{{status=\"{s}\"}}"), b(c.check_status == *s)))
         .collect();
     let samples: Vec<(&str, f64)> = samples.iter().map(|(l, x)| (l.as_str(), *x)).collect();
     metric(
@@ -191,12 +189,12 @@ pub fn render(v: &Values, consul: Option<&Value>, now_unix: u64) -> String {
         "The TTL check's status, one-hot.",
         &samples,
     );
-    if let Some(t) = c["last_heartbeat"]["unix"].as_u64() {
+    if let Some(h) = &c.last_heartbeat {
         metric(
             "microinit_consul_heartbeat_age_seconds",
             "gauge",
             "Seconds since the last check update sent to the agent.",
-            &[("", now_unix.saturating_sub(t) as f64)],
+            &[("", now_unix.saturating_sub(h.unix) as f64)],
         );
     }
     out
@@ -231,11 +229,24 @@ mod tests {
             waiting_upstreams: false,
             watch_changes: 2,
         };
-        let consul = serde_json::json!({
-            "state": "registered",
-            "check": {"status": "warning"},
-            "last_heartbeat": {"unix": 1000},
-        });
+        let consul = Consul {
+            agent: "http://127.0.0.1:8500".into(),
+            service_id: "web-1".into(),
+            service_name: "web".into(),
+            check_id: "microinit:web-1".into(),
+            service_file: None,
+            state: "registered".into(),
+            ready: true,
+            check_status: "warning".into(),
+            check_output: String::new(),
+            last_heartbeat: Some(crate::control::status::Heartbeat {
+                unix: 1000,
+                error: None,
+            }),
+            maintenance: None,
+            last_error: None,
+            registrations: 1,
+        };
         let t = render(&v, Some(&consul), 1007);
         assert_eq!(sample(&t, "microinit_app_up"), Some(1.0));
         assert_eq!(sample(&t, "microinit_app_restarts_total"), Some(3.0));

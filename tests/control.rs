@@ -557,12 +557,14 @@ fn maintenance_is_visible_in_consul() {
     let c = Container::start(&tempdir("maint-consul"), &strs(&args), &[]);
     wait_until("passing", T, || agent.passing_instances("mt") == 1);
 
+    // The answer waits for the agent's: once the client returns, Consul has the maintenance check.
     let out = c.client(&["maintenance", "on", "--reason", "deploy 42"]);
     assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "maintenance on: the Consul agent applied it\n"
+    );
     let maint = "_service_maintenance:mt-1";
-    wait_until("the maintenance check", T, || {
-        agent.checks(None).get(maint).is_some()
-    });
     let m = agent.checks(None)[maint].clone();
     assert_eq!(
         (m["Status"].as_str(), m["Notes"].as_str()),
@@ -589,9 +591,10 @@ fn maintenance_is_visible_in_consul() {
 
     let out = c.client(&["maintenance", "off"]);
     assert!(out.status.success(), "{out:?}");
-    wait_until("the maintenance check gone", T, || {
-        agent.checks(None).get(maint).is_none()
-    });
+    assert!(
+        agent.checks(None).get(maint).is_none(),
+        "the maintenance check is gone once the client returns"
+    );
     wait_until("passing again", T, || agent.passing_instances("mt") == 1);
     assert_eq!(c.status()["consul"]["maintenance"], false);
 }
@@ -684,9 +687,11 @@ fn pre_stop_runs_after_deregistration_and_before_the_signal() {
         ),
     )
     .unwrap();
+    let ready = d.join("app-ready");
     let app = format!(
-        "trap 'echo app: TERM >> {log}; exit 0' TERM; while :; do sleep 0.05 & wait $!; done",
-        log = log.display()
+        "trap 'echo app: TERM >> {log}; exit 0' TERM; touch {ready}; while :; do sleep 0.05 & wait $!; done",
+        log = log.display(),
+        ready = ready.display()
     );
     let hook_cmd = format!("bash {}", hook.display());
     let mut args = consul_args(&agent, "ps");
@@ -697,6 +702,8 @@ fn pre_stop_runs_after_deregistration_and_before_the_signal() {
     );
     let c = Container::start(&d, &strs(&args), &[]);
     wait_until("passing", T, || agent.passing_instances("ps") == 1);
+    // Readiness is immediate: the check passes as soon as bash started, maybe before it set its trap.
+    wait_until("the app's trap", T, || ready.exists());
     c.p.signal(libc::SIGTERM);
     let (code, err) = c.wait(T);
     assert_eq!(code, 0, "{err}");

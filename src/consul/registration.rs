@@ -25,6 +25,7 @@ use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, Servic
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
 use crate::consul::{address, identity};
+use crate::control::status;
 
 /// Default of `--deregister-timeout`: a deregistration request is answered ([`Event::Deregistered`]) within
 /// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
@@ -83,7 +84,7 @@ pub struct Registration {
     commands: Sender<(Instant, Command)>,
     events: Receiver<Event>,
     wake: Arc<EventFd>,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<Option<status::Consul>>>,
     deregister_bound: Duration,
 }
 
@@ -98,7 +99,7 @@ impl Registration {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
         let (definition, id, name) = service_definition(&cfg);
-        let status = Arc::new(Mutex::new(Value::Null));
+        let status = Arc::new(Mutex::new(None));
         let deregister_bound = cfg.deregister_timeout;
         let worker = Worker {
             check_id: format!("microinit:{id}"),
@@ -176,20 +177,21 @@ impl Registration {
         self.events.try_iter().collect()
     }
 
+    /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error
+    /// (None only before the worker's first report, which `start` makes before it returns).
+    pub fn status(&self) -> Option<status::Consul> {
+        snapshot(&self.status)
+    }
+
     /// A reader of the same status snapshot for another thread (the metrics listener): it never waits for
     /// the worker, which holds the lock only to replace the value.
-    pub fn status_reader(&self) -> impl Fn() -> Value + Send + 'static {
+    pub fn status_reader(&self) -> impl Fn() -> Option<status::Consul> + Send + 'static {
         let status = Arc::clone(&self.status);
         move || snapshot(&status)
     }
-
-    /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error.
-    pub fn status_json(&self) -> Value {
-        snapshot(&self.status)
-    }
 }
 
-fn snapshot(status: &Mutex<Value>) -> Value {
+fn snapshot(status: &Mutex<Option<status::Consul>>) -> Option<status::Consul> {
     status
         .lock()
         .map(|v| v.clone())
@@ -221,7 +223,7 @@ struct Worker {
     pending: VecDeque<(Instant, Command)>,
     events: Sender<Event>,
     wake: Arc<EventFd>,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<Option<status::Consul>>>,
     phase: Phase,
     ready: bool,
     /// Between `AppStarted` and `AppDown`: only then may a health result speak for the app.
@@ -710,25 +712,29 @@ impl Worker {
             Phase::Failed => "failed",
             Phase::Deregistered => "deregistered",
         };
-        let v = json!({
-            "agent": self.client.base_url(),
-            "service_id": self.id,
-            "service_name": self.name,
-            "check_id": self.check_id,
-            "service_file": match &self.cfg.service {
+        let v = Some(status::Consul {
+            agent: self.client.base_url().to_string(),
+            service_id: self.id.clone(),
+            service_name: self.name.clone(),
+            check_id: self.check_id.clone(),
+            service_file: match &self.cfg.service {
                 ServiceSource::File { path, .. } => Some(path.display().to_string()),
                 ServiceSource::Fields { .. } => None,
             },
-            "state": state,
-            "ready": self.ready,
-            "check": { "status": self.check.0.as_str(), "output": self.check.1 },
-            "last_heartbeat": self.last_heartbeat.as_ref().map(|(t, err)| json!({
-                "unix": t, "ok": err.is_none(), "error": err,
-            })),
-            "maintenance": self.maintenance.is_some(),
-            "maintenance_reason": self.maintenance.clone().flatten(),
-            "last_error": self.last_error,
-            "registrations": self.registrations,
+            state: state.into(),
+            ready: self.ready,
+            check_status: self.check.0.as_str().into(),
+            check_output: self.check.1.clone(),
+            last_heartbeat: self
+                .last_heartbeat
+                .as_ref()
+                .map(|(unix, error)| status::Heartbeat {
+                    unix: *unix,
+                    error: error.clone(),
+                }),
+            maintenance: self.maintenance.clone(),
+            last_error: self.last_error.clone(),
+            registrations: self.registrations,
         });
         match self.status.lock() {
             Ok(mut s) => *s = v,
@@ -1175,6 +1181,14 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
 #[cfg(test)]
 #[path = "../../tests/common/consul.rs"]
 pub(crate) mod dev_agent; // also used by `watch`'s tests
+
+#[cfg(test)]
+impl Registration {
+    /// The status as `microinit status --json` shows it.
+    fn status_json(&self) -> Value {
+        self.status().map_or(Value::Null, |s| s.to_json())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,10 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 use crate::control::client::call;
-use crate::control::server::Request;
+use crate::control::protocol::{Reply, Request};
+use crate::control::status;
 
 /// A probe must answer well within Docker's default 30 s HEALTHCHECK timeout.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -67,11 +66,11 @@ pub fn verdict(f: &Facts) -> Result<String, String> {
     }
 }
 
-/// The `"health"` member of the status document.
-pub fn to_json(v: &Result<String, String>) -> Value {
+/// The `health` part of the status document.
+pub fn to_status(v: Result<String, String>) -> status::Health {
     match v {
-        Ok(reason) => json!({"ok": true, "reason": reason}),
-        Err(reason) => json!({"ok": false, "reason": reason}),
+        Ok(reason) => status::Health { ok: true, reason },
+        Err(reason) => status::Health { ok: false, reason },
     }
 }
 
@@ -84,20 +83,24 @@ pub fn health_main(socket: &Path) -> i32 {
             return 1;
         }
     };
-    let health = &reply["status"]["health"];
-    let reason = health["reason"]
-        .as_str()
-        .unwrap_or("PID 1 sent no health verdict");
+    let health = match reply {
+        Reply::Status(s) => s.health,
+        Reply::Failed(e) | Reply::Done(e) => {
+            println!("unhealthy: {}", e.escape_debug());
+            return 1;
+        }
+    };
+    let Some(h) = health else {
+        println!("unhealthy: PID 1 sent no health verdict");
+        return 1;
+    };
     // The reason can quote the agent or a URL: print it escaped, on one line.
-    match health["ok"].as_bool() {
-        Some(true) => {
-            println!("healthy: {}", reason.escape_debug());
-            0
-        }
-        _ => {
-            println!("unhealthy: {}", reason.escape_debug());
-            1
-        }
+    if h.ok {
+        println!("healthy: {}", h.reason.escape_debug());
+        0
+    } else {
+        println!("unhealthy: {}", h.reason.escape_debug());
+        1
     }
 }
 

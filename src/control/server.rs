@@ -1,130 +1,91 @@
 //! The control socket served by PID 1 (`microinit status`, `signal`, `restart`, `maintenance`).
 //!
 //! Owns: the Unix socket at `ControlConfig::socket` (mode 0600, stale file replaced at bind, removed on drop),
-//! the peer check (SO_PEERCRED: root or our own uid), the wire protocol (one newline-terminated JSON request
-//! per connection, one JSON reply line, then close) and the per-client limits (request size, time, number of
-//! clients). Everything is non-blocking and driven by the main loop's poll: `poll_fds` / `deadline` say what
-//! to wait for, `on_ready` / `expire` do a bounded amount of work, so no client can delay signal forwarding
-//! or reaping.
+//! the peer check (SO_PEERCRED: root or our own uid), the connections (one request, one reply, then close;
+//! the forms are `protocol`'s) and the per-client limits (request size, time, number of clients, accepts per
+//! wakeup). Everything is non-blocking and driven by the main loop: `push_poll_fds` / `deadline` say what to
+//! wait for, `serve` / `expire` do a bounded amount of work and hand back the requests read, and the loop
+//! answers each with `reply` (at once, or later for an answer that takes time). So no client can delay
+//! signal forwarding or reaping, and no request reaches into the loop.
 //!
-//! Does not own: what the commands do (the `ControlHandler` the event loop implements), the client side
-//! (`control_client`), nor the poll loop itself.
+//! Does not own: what the requests do (`init`), the client side (`client`), nor the poll loop itself.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::PollFlags;
 use nix::sys::socket::{
     self, sockopt::PeerCredentials, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::stat::{umask, Mode};
-use serde_json::{json, Value};
 
 use crate::config::ControlConfig;
-use crate::init::signals::parse_signal;
-
-/// What the event loop does for each command. Called on the main thread, so it must not block.
-pub trait ControlHandler {
-    /// The status document (schema in the module docs of `control_client`); never contains a secret.
-    fn status(&self) -> Value;
-    /// Deliver `sig` to the app by PID 1's own rules (group delivery, rewrites).
-    fn signal(&mut self, sig: i32) -> Result<String, String>;
-    /// Start a graceful restart of the app; returns as soon as it is under way.
-    fn restart(&mut self) -> Result<String, String>;
-    /// Consul service maintenance mode on or off.
-    fn maintenance(&mut self, on: bool, reason: Option<String>) -> Result<String, String>;
-}
-
-/// One request on the wire: `{"cmd":"status"}`, `{"cmd":"signal","signal":"TERM"}`, `{"cmd":"restart"}`,
-/// `{"cmd":"maintenance","on":true,"reason":"…"}`. Replies are `{"ok":true,"status":{…}}`,
-/// `{"ok":true,"message":"…"}` or `{"ok":false,"error":"…"}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Status,
-    /// The signal as the user wrote it; parsed by the server so both ends agree on one parser.
-    Signal(String),
-    Restart,
-    Maintenance {
-        on: bool,
-        reason: Option<String>,
-    },
-}
-
-impl Request {
-    pub fn to_json(&self) -> Value {
-        match self {
-            Request::Status => json!({"cmd": "status"}),
-            Request::Signal(sig) => json!({"cmd": "signal", "signal": sig}),
-            Request::Restart => json!({"cmd": "restart"}),
-            Request::Maintenance { on, reason } => {
-                json!({"cmd": "maintenance", "on": on, "reason": reason})
-            }
-        }
-    }
-
-    pub fn from_json(line: &[u8]) -> Result<Request, String> {
-        let v: Value =
-            serde_json::from_slice(line).map_err(|e| format!("bad request: not JSON ({e})"))?;
-        match v.get("cmd").and_then(Value::as_str) {
-            Some("status") => Ok(Request::Status),
-            Some("signal") => match v.get("signal").and_then(Value::as_str) {
-                Some(sig) => Ok(Request::Signal(sig.to_string())),
-                None => Err("bad request: \"signal\" needs a string field \"signal\"".into()),
-            },
-            Some("restart") => Ok(Request::Restart),
-            Some("maintenance") => match v.get("on").and_then(Value::as_bool) {
-                Some(on) => Ok(Request::Maintenance {
-                    on,
-                    reason: v.get("reason").and_then(Value::as_str).map(str::to_string),
-                }),
-                None => Err("bad request: \"maintenance\" needs a boolean field \"on\"".into()),
-            },
-            Some(other) => Err(format!(
-                "bad request: unknown cmd {other:?} (status, signal, restart, maintenance)"
-            )),
-            None => Err("bad request: no string field \"cmd\"".into()),
-        }
-    }
-}
+use crate::control::protocol::{self, Reply, Request};
+use crate::init::signals::Received;
 
 /// Per-client limits. A client that breaks one is sent an error (best effort) and disconnected.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest request line in bytes (without the newline).
     pub max_request: usize,
-    /// From accept to the last byte of the reply.
+    /// From accept to the complete request, and from the loop's answer to its last byte sent.
     pub timeout: Duration,
+    /// From the complete request to the loop's answer (one that waits for Consul takes up to its HTTP
+    /// timeouts). Below the client's own 5 s, so that the client hears why.
+    pub answer_timeout: Duration,
     /// Clients served at once; further connections wait in the listen backlog.
     pub max_clients: usize,
+    /// Connections accepted per wakeup, whether they stay or hang up at once: a process that connects and
+    /// closes in a loop must not keep PID 1 accepting while a SIGTERM waits in the signalfd.
+    pub accepts_per_wakeup: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_request: 64 * 1024,
+            max_request: protocol::MAX_REQUEST,
             timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(4),
             max_clients: 8,
+            accepts_per_wakeup: 8,
         }
     }
 }
 
+/// Which connection a request came on: `reply` answers there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientId(u64);
+
+/// A request read from a client, waiting for the loop's answer.
+#[derive(Debug)]
+pub struct Incoming {
+    pub client: ClientId,
+    pub request: Request,
+}
+
 enum Phase {
     Reading(Vec<u8>),
-    Writing { reply: Vec<u8>, sent: usize },
+    /// The request went to the loop; the client is not polled until `reply`.
+    Waiting,
+    Writing {
+        reply: Vec<u8>,
+        sent: usize,
+    },
 }
 
 struct Client {
+    id: ClientId,
     stream: UnixStream,
     deadline: Instant,
     phase: Phase,
 }
 
 /// What `Client::advance` leaves behind.
+#[derive(PartialEq, Eq)]
 enum Next {
     Keep,
     Close,
@@ -139,6 +100,13 @@ pub struct ControlServer {
     our_uid: u32,
     limits: Limits,
     clients: Vec<Client>,
+    next_id: u64,
+    /// The listener raises SIGIO on a connection (`signal_on_connect` worked).
+    signals_connect: bool,
+    /// A connection may wait in the backlog that no pending SIGIO announces: a SIGIO was taken off the
+    /// signalfd (`on_sigio`), or accepting stopped before accept(2) said EAGAIN. Cleared only by that EAGAIN,
+    /// so the loop never sleeps in read(2) on the signalfd while a client waits unseen.
+    accept_due: bool,
 }
 
 impl ControlServer {
@@ -189,13 +157,17 @@ impl ControlServer {
             our_uid: nix::unistd::geteuid().as_raw(),
             limits,
             clients: Vec::new(),
+            next_id: 0,
+            signals_connect: false,
+            // A client may have connected between bind and `signal_on_connect`: look once.
+            accept_due: true,
         })
     }
 
     /// Have the kernel raise SIGIO (si_code POLL_IN, si_fd the listener) when a client connects, so that
-    /// the loop can sleep in read(2) on its signalfd while no client is connected (see `is_connect`).
+    /// the loop can sleep in read(2) on its signalfd while no client is connected (see `may_sleep_in_read`).
     /// Only for a process that blocks SIGIO: a default SIGIO would kill it.
-    pub fn signal_on_connect(&self) -> io::Result<()> {
+    pub fn signal_on_connect(&mut self) -> io::Result<()> {
         // <fcntl.h>'s F_SETSIG (10 on every Linux architecture); the libc crate leaves it out for musl.
         const F_SETSIG: libc::c_int = 10;
         let fd = self.listener.as_raw_fd();
@@ -207,6 +179,7 @@ impl ControlServer {
                 && libc::fcntl(fd, F_SETSIG, libc::SIGIO) == 0
                 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) == 0
         };
+        self.signals_connect = ok;
         if ok {
             Ok(())
         } else {
@@ -214,47 +187,42 @@ impl ControlServer {
         }
     }
 
-    /// A client is waiting to be accepted (one that came before `signal_on_connect` raised no SIGIO).
-    pub fn connection_waiting(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        unsafe { libc::poll(&mut p, 1, 0) != 0 }
-    }
-
     /// True for the SIGIO that `signal_on_connect` asked for (a positive si_code only comes from the
     /// kernel, never from kill(2) or sigqueue(3), so a SIGIO sent to us is still forwarded).
-    pub fn is_connect(&self, s: &crate::init::signals::Received) -> bool {
+    pub fn is_connect(&self, s: &Received) -> bool {
         s.signo == libc::SIGIO && s.code > 0 && s.fd == self.listener.as_raw_fd()
     }
 
-    /// No client connected: the listener is all there is to wait for.
-    pub fn is_idle(&self) -> bool {
-        self.clients.is_empty()
+    /// Any SIGIO taken off the signalfd, a connection's or a sent one: SIGIO is a standard signal, so one
+    /// sent with kill(2) and a connection's coalesce into one. The next `serve` accepts.
+    pub fn on_sigio(&mut self) {
+        self.accept_due = true;
     }
 
-    pub fn listener_fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
+    /// The loop may sleep in read(2) on its signalfd: no client to poll, and every connection to come raises
+    /// a SIGIO that is still pending.
+    pub fn may_sleep_in_read(&self) -> bool {
+        self.signals_connect && self.clients.is_empty() && !self.accept_due
     }
 
-    /// The fds to poll and for what: the listener (POLLIN) while there is room for a client, each client
-    /// POLLIN while its request is read and POLLOUT while a reply that did not fit in one send is written.
-    pub fn poll_fds(&self) -> Vec<(RawFd, PollFlags)> {
-        let listener = (self.clients.len() < self.limits.max_clients)
-            .then(|| (self.listener.as_raw_fd(), PollFlags::POLLIN));
-        listener
-            .into_iter()
-            .chain(self.clients.iter().map(|c| {
-                let events = match c.phase {
-                    Phase::Reading(_) => PollFlags::POLLIN,
-                    Phase::Writing { .. } => PollFlags::POLLOUT,
-                };
-                (c.stream.as_raw_fd(), events)
-            }))
-            .collect()
+    /// Append the fds to poll: the listener (POLLIN) while there is room for a client, each client POLLIN
+    /// while its request is read and POLLOUT while a reply that did not fit in one send is written.
+    pub fn push_poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
+        let pollfd = |fd, events| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        if self.clients.len() < self.limits.max_clients {
+            fds.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
+        }
+        for c in &self.clients {
+            match c.phase {
+                Phase::Reading(_) => fds.push(pollfd(c.stream.as_raw_fd(), libc::POLLIN)),
+                Phase::Writing { .. } => fds.push(pollfd(c.stream.as_raw_fd(), libc::POLLOUT)),
+                Phase::Waiting => {}
+            }
+        }
     }
 
     /// The earliest client time limit, so the loop wakes up to enforce it.
@@ -262,44 +230,84 @@ impl ControlServer {
         self.clients.iter().map(|c| c.deadline).min()
     }
 
-    /// Serve every fd in `ready` that is ours (any revents: HUP and ERR are found out by the read).
-    /// Bounded work: at most `max_request` bytes read per client and `max_clients` accepts.
-    pub fn on_ready(&mut self, ready: &[RawFd], now: Instant, handler: &mut dyn ControlHandler) {
+    /// Serve the fds `polled` reports ready (other entries are ignored; any revents counts: HUP and ERR are
+    /// found out by the read), and accept when a connection is ready or may be due. Bounded work: at most
+    /// `max_request` bytes read per client and `accepts_per_wakeup` accepts. Returns the requests read,
+    /// each to be answered with `reply`.
+    pub fn serve(&mut self, polled: &[libc::pollfd], now: Instant) -> Vec<Incoming> {
+        let ready = |fd: i32| polled.iter().any(|p| p.fd == fd && p.revents != 0);
+        let mut incoming = Vec::new();
         let limits = self.limits;
         self.clients.retain_mut(|c| {
-            !ready.contains(&c.stream.as_raw_fd())
-                || matches!(c.advance(&limits, handler), Next::Keep)
+            !ready(c.stream.as_raw_fd()) || c.advance(&limits, &mut incoming) == Next::Keep
         });
-        if ready.contains(&self.listener.as_raw_fd()) {
-            self.accept(now, handler);
+        if self.accept_due || ready(self.listener.as_raw_fd()) {
+            self.accept(now, &mut incoming);
+        }
+        incoming
+    }
+
+    /// Answer the request that came on `client`. A client that is gone (timed out, hung up) is skipped.
+    pub fn reply(&mut self, client: ClientId, reply: &Reply) {
+        let Some(i) = self.clients.iter().position(|c| c.id == client) else {
+            log::debug!("control socket: the client left before its reply");
+            return;
+        };
+        let c = &mut self.clients[i];
+        if !matches!(c.phase, Phase::Waiting) {
+            return;
+        }
+        c.phase = Phase::Writing {
+            reply: reply.to_line(),
+            sent: 0,
+        };
+        c.deadline = Instant::now() + self.limits.timeout;
+        if c.write() == Next::Close {
+            self.clients.swap_remove(i);
         }
     }
 
-    /// Drop clients past their time limit, telling readers why (best effort).
+    /// Drop clients past their time limit, telling them why (best effort).
     pub fn expire(&mut self, now: Instant) {
-        let timeout = self.limits.timeout;
+        let (timeout, answer_timeout) = (self.limits.timeout, self.limits.answer_timeout);
         self.clients.retain(|c| {
             if c.deadline > now {
                 return true;
             }
-            if let Phase::Reading(_) = c.phase {
-                let reply = reply_line(&error(format!(
-                    "timed out: no complete request within {}ms",
-                    timeout.as_millis()
-                )));
-                let _ = send_nonblocking(&c.stream, &reply);
-            }
-            log::debug!("control socket: client timed out");
+            let why = match c.phase {
+                Phase::Reading(_) => "no complete request",
+                Phase::Waiting => "no answer from PID 1",
+                Phase::Writing { .. } => {
+                    log::debug!("control socket: client timed out");
+                    return false;
+                }
+            };
+            let limit = match c.phase {
+                Phase::Waiting => answer_timeout,
+                _ => timeout,
+            };
+            let msg = format!("timed out: {why} within {}ms", limit.as_millis());
+            let _ = send_nonblocking(&c.stream, &Reply::Failed(msg).to_line());
+            log::debug!("control socket: client timed out ({why})");
             false
         });
     }
 
-    fn accept(&mut self, now: Instant, handler: &mut dyn ControlHandler) {
-        while self.clients.len() < self.limits.max_clients {
+    fn accept(&mut self, now: Instant, incoming: &mut Vec<Incoming>) {
+        // Cleared below only when accept(2) says the backlog is empty.
+        self.accept_due = true;
+        // Every connection counts, kept or closed at once.
+        for _ in 0..self.limits.accepts_per_wakeup {
+            if self.clients.len() >= self.limits.max_clients {
+                return; // the listener is polled again once a client is done
+            }
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_due = false;
+                    return;
+                }
                 Err(e) => {
                     // EMFILE and friends: leave the connection queued, the next wakeup retries.
                     log::warn!("control socket: accept failed: {e}");
@@ -315,18 +323,20 @@ impl ControlServer {
                 Err(msg) => {
                     log::warn!("control socket: {msg}");
                     Phase::Writing {
-                        reply: reply_line(&error(msg)),
+                        reply: Reply::Failed(msg).to_line(),
                         sent: 0,
                     }
                 }
             };
+            self.next_id += 1;
             let mut client = Client {
+                id: ClientId(self.next_id),
                 stream,
                 deadline: now + self.limits.timeout,
                 phase,
             };
             // The request (or room for the refusal) is usually there already: save a poll round trip.
-            if let Next::Keep = client.advance(&self.limits, handler) {
+            if client.advance(&self.limits, incoming) == Next::Keep {
                 self.clients.push(client);
             }
         }
@@ -361,20 +371,36 @@ impl Drop for ControlServer {
 }
 
 impl Client {
-    /// Read the request, answer it, write the answer: as far as the socket allows without blocking.
-    fn advance(&mut self, limits: &Limits, handler: &mut dyn ControlHandler) -> Next {
+    /// Read the request and hand it over, or write the reply: as far as the socket allows without blocking.
+    fn advance(&mut self, limits: &Limits, incoming: &mut Vec<Incoming>) -> Next {
         if let Phase::Reading(buf) = &mut self.phase {
-            let reply = match read_request(&mut self.stream, buf, limits.max_request) {
+            let refusal = match read_request(&mut self.stream, buf, limits.max_request) {
                 Ok(None) => return Next::Keep,
-                Ok(Some(Ok(line))) => respond(&line, handler),
-                Ok(Some(Err(msg))) => error(msg),
+                Ok(Some(Ok(line))) => match Request::parse(&line) {
+                    Ok(request) => {
+                        self.phase = Phase::Waiting;
+                        self.deadline = Instant::now() + limits.answer_timeout;
+                        incoming.push(Incoming {
+                            client: self.id,
+                            request,
+                        });
+                        return Next::Keep;
+                    }
+                    Err(msg) => msg,
+                },
+                Ok(Some(Err(msg))) => msg,
                 Err(_) => return Next::Close,
             };
             self.phase = Phase::Writing {
-                reply: reply_line(&reply),
+                reply: Reply::Failed(refusal).to_line(),
                 sent: 0,
             };
         }
+        self.write()
+    }
+
+    /// Send what the socket takes of the reply; Close once all of it is out (or the peer is gone).
+    fn write(&mut self) -> Next {
         let Phase::Writing { reply, sent } = &mut self.phase else {
             return Next::Keep;
         };
@@ -422,31 +448,6 @@ fn read_request(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Run one request line against the handler and build the reply.
-fn respond(line: &[u8], handler: &mut dyn ControlHandler) -> Value {
-    let outcome = match Request::from_json(line) {
-        Err(msg) => Err(msg),
-        Ok(Request::Status) => return json!({"ok": true, "status": handler.status()}),
-        Ok(Request::Signal(name)) => parse_signal(&name).and_then(|sig| handler.signal(sig)),
-        Ok(Request::Restart) => handler.restart(),
-        Ok(Request::Maintenance { on, reason }) => handler.maintenance(on, reason),
-    };
-    match outcome {
-        Ok(message) => json!({"ok": true, "message": message}),
-        Err(msg) => error(msg),
-    }
-}
-
-fn error(msg: String) -> Value {
-    json!({"ok": false, "error": msg})
-}
-
-fn reply_line(v: &Value) -> Vec<u8> {
-    let mut line = v.to_string().into_bytes();
-    line.push(b'\n');
-    line
 }
 
 /// MSG_NOSIGNAL: PID 1 has SIGPIPE blocked for its signalfd, and a blocked SIGPIPE is queued rather than
@@ -510,42 +511,51 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-/// A real handler and a real poll loop for the unit tests of `control` and `control_client`.
+/// A loop that answers like PID 1 (a recorder) around a real socket, for the unit tests of `control`.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use nix::poll::{poll, PollFd};
-    use std::os::fd::BorrowedFd;
+    use crate::control::status::tests::full_status;
 
-    /// Records what it was asked to do; `status` carries a `pad` string to make replies as large as wanted.
+    /// Records what it was asked to do and answers; `pad` makes status replies as large as wanted, and
+    /// `defer` leaves requests unanswered in `deferred` (an answer that takes time, like Consul's).
     #[derive(Default)]
     pub struct Recorder {
         pub signals: Vec<i32>,
         pub restarts: u32,
         pub maintenance: Vec<(bool, Option<String>)>,
         pub pad: usize,
+        pub defer: bool,
+        pub deferred: Vec<ClientId>,
     }
 
-    impl ControlHandler for Recorder {
-        fn status(&self) -> Value {
-            json!({"microinit": {"version": "0.1.0", "pid": 1, "dialect": "microinit"},
-                   "app": {"pid": 42, "state": "running", "restarts": self.restarts},
-                   "signals_forwarded": self.signals.len(), "pad": "x".repeat(self.pad)})
-        }
-        fn signal(&mut self, sig: i32) -> Result<String, String> {
-            self.signals.push(sig);
-            Ok(format!("sent signal {sig} to pid 42"))
-        }
-        fn restart(&mut self) -> Result<String, String> {
-            self.restarts += 1;
-            Ok("restarting".into())
-        }
-        fn maintenance(&mut self, on: bool, reason: Option<String>) -> Result<String, String> {
-            if reason.as_deref() == Some("fail") {
-                return Err("consul said no".into());
+    impl Recorder {
+        pub fn answer(&mut self, request: Request) -> Reply {
+            match request {
+                Request::Status => {
+                    let mut s = full_status();
+                    s.app.pid = Some(42);
+                    s.app.restarts = self.restarts;
+                    s.signals_forwarded = self.signals.len() as u64;
+                    s.app.state = "x".repeat(self.pad.max(1));
+                    Reply::Status(Box::new(s))
+                }
+                Request::Signal(sig) => {
+                    self.signals.push(sig);
+                    Reply::Done(format!("sent signal {sig} to pid 42"))
+                }
+                Request::Restart => {
+                    self.restarts += 1;
+                    Reply::Done("restarting".into())
+                }
+                Request::Maintenance { reason, .. } if reason.as_deref() == Some("fail") => {
+                    Reply::Failed("consul said no".into())
+                }
+                Request::Maintenance { on, reason } => {
+                    self.maintenance.push((on, reason));
+                    Reply::Done(format!("maintenance {on}"))
+                }
             }
-            self.maintenance.push((on, reason));
-            Ok(format!("maintenance {on}"))
         }
     }
 
@@ -570,47 +580,48 @@ pub(crate) mod testing {
     }
 
     /// One turn of the main loop as PID 1 drives it: poll (at most until the server's deadline or
-    /// `max_wait`), serve the ready fds, expire the late clients.
-    pub fn turn(server: &mut ControlServer, handler: &mut dyn ControlHandler, max_wait: Duration) {
-        let fds = server.poll_fds();
+    /// `max_wait`), serve the ready fds, answer the requests, expire the late clients.
+    pub fn turn(server: &mut ControlServer, rec: &mut Recorder, max_wait: Duration) {
+        let mut fds = Vec::new();
+        server.push_poll_fds(&mut fds);
         let wait = server
             .deadline()
             .map(|d| d.saturating_duration_since(Instant::now()).min(max_wait))
             .unwrap_or(max_wait);
-        // SAFETY: the fds belong to `server`, which outlives this poll and is not touched during it.
-        let mut pfds: Vec<PollFd> = fds
-            .iter()
-            .map(|&(fd, ev)| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, ev))
-            .collect();
-        poll(
-            &mut pfds,
-            u16::try_from(wait.as_millis()).unwrap_or(u16::MAX),
-        )
-        .expect("poll");
-        let ready: Vec<RawFd> = pfds
-            .iter()
-            .zip(&fds)
-            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, &(fd, _))| fd)
-            .collect();
+        // SAFETY: a valid array of pollfd for the duration of the call.
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                wait.as_millis() as i32,
+            )
+        };
+        assert!(n >= 0, "poll: {}", io::Error::last_os_error());
         let now = Instant::now();
-        server.on_ready(&ready, now, handler);
+        for Incoming { client, request } in server.serve(&fds, now) {
+            if rec.defer {
+                rec.deferred.push(client);
+            } else {
+                let reply = rec.answer(request);
+                server.reply(client, &reply);
+            }
+        }
         server.expire(now);
     }
 
     /// Drive the server until `done` holds; panics after 20 s so a hang fails the test instead of stalling.
     pub fn serve_until(
         server: &mut ControlServer,
-        handler: &mut dyn ControlHandler,
-        mut done: impl FnMut(&ControlServer) -> bool,
+        rec: &mut Recorder,
+        mut done: impl FnMut(&ControlServer, &Recorder) -> bool,
     ) {
         let give_up = Instant::now() + Duration::from_secs(20);
-        while !done(server) {
+        while !done(server, rec) {
             assert!(
                 Instant::now() < give_up,
                 "server loop: condition not reached within 20s"
             );
-            turn(server, handler, Duration::from_millis(50));
+            turn(server, rec, Duration::from_millis(50));
         }
     }
 }
@@ -626,7 +637,7 @@ mod tests {
     /// Send raw bytes on a new connection (then half-close if asked), return everything the server sent.
     fn raw_exchange(
         server: &mut ControlServer,
-        handler: &mut Recorder,
+        rec: &mut Recorder,
         path: &Path,
         payload: Vec<u8>,
         half_close: bool,
@@ -645,42 +656,19 @@ mod tests {
             let _ = s.read_to_string(&mut out);
             out
         });
-        serve_until(server, handler, |_| client.is_finished());
+        serve_until(server, rec, |_, _| client.is_finished());
         client.join().expect("client thread")
     }
 
-    fn reply(text: &str) -> Value {
+    fn reply(text: &str) -> Reply {
         let line = text.lines().next().unwrap_or_default();
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("reply {text:?} is not JSON: {e}"))
+        Reply::parse(line.as_bytes()).unwrap_or_else(|e| panic!("reply {text:?}: {e}"))
     }
 
-    #[test]
-    fn requests_round_trip_and_bad_ones_are_named() {
-        for r in [
-            Request::Status,
-            Request::Signal("RTMIN+3".into()),
-            Request::Restart,
-            Request::Maintenance {
-                on: true,
-                reason: Some("deploy".into()),
-            },
-            Request::Maintenance {
-                on: false,
-                reason: None,
-            },
-        ] {
-            let line = r.to_json().to_string();
-            assert_eq!(Request::from_json(line.as_bytes()), Ok(r));
-        }
-        for (bad, expect) in [
-            (&b"\x00\xffgarbage"[..], "not JSON"),
-            (br#"{"cmd":"reboot"}"#, "unknown cmd"),
-            (br#"{"cmd":"signal"}"#, "\"signal\""),
-            (br#"{"cmd":"maintenance","on":"yes"}"#, "\"on\""),
-            (br#"[1,2]"#, "\"cmd\""),
-        ] {
-            let err = Request::from_json(bad).expect_err("must be refused");
-            assert!(err.contains(expect), "{err:?} should mention {expect}");
+    fn failed(text: &str) -> String {
+        match reply(text) {
+            Reply::Failed(e) => e,
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
@@ -693,82 +681,73 @@ mod tests {
     }
 
     #[test]
-    fn commands_reach_the_handler_over_a_real_socket() {
+    fn requests_reach_the_loop_and_its_replies_reach_the_client() {
         let dir = TempDir::new("commands");
         let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
-        let mut h = Recorder::default();
+        let mut rec = Recorder::default();
         let path = dir.sock();
+        let exchange = |server: &mut ControlServer, rec: &mut Recorder, line: &[u8], half| {
+            raw_exchange(server, rec, &path, line.to_vec(), half)
+        };
 
-        let status = reply(&raw_exchange(
+        let Reply::Status(status) = reply(&exchange(
             &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"status\"}\n".to_vec(),
+            &mut rec,
+            b"{\"cmd\":\"status\"}\n",
+            false,
+        )) else {
+            panic!("a status reply")
+        };
+        assert_eq!(status.app.pid, Some(42));
+
+        let sig = reply(&exchange(
+            &mut server,
+            &mut rec,
+            b"{\"cmd\":\"signal\",\"signal\":\"USR1\"}\n",
             false,
         ));
-        assert_eq!(status["ok"], true);
-        assert_eq!(status["status"]["app"]["pid"], 42);
+        assert!(matches!(sig, Reply::Done(_)), "{sig:?}");
+        assert_eq!(rec.signals, vec![libc::SIGUSR1]);
 
-        let sig = reply(&raw_exchange(
+        let bad = failed(&exchange(
             &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"signal\",\"signal\":\"USR1\"}\n".to_vec(),
+            &mut rec,
+            b"{\"cmd\":\"signal\",\"signal\":\"NOPE\"}\n",
             false,
         ));
-        assert_eq!(sig["ok"], true, "{sig}");
-        assert_eq!(h.signals, vec![libc::SIGUSR1]);
-
-        let bad = reply(&raw_exchange(
-            &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"signal\",\"signal\":\"NOPE\"}\n".to_vec(),
-            false,
-        ));
-        assert_eq!(bad["ok"], false);
-        assert!(
-            bad["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("unknown signal"),
-            "{bad}"
-        );
+        assert!(bad.contains("unknown signal"), "{bad}");
         assert_eq!(
-            h.signals.len(),
+            rec.signals.len(),
             1,
-            "an unknown signal must not reach the handler"
+            "an unknown signal never reaches the loop"
         );
 
-        let restart = reply(&raw_exchange(
+        let restart = reply(&exchange(
             &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"restart\"}\n".to_vec(),
+            &mut rec,
+            b"{\"cmd\":\"restart\"}\n",
             false,
         ));
-        assert_eq!(restart["message"], "restarting");
-        assert_eq!(h.restarts, 1);
+        assert_eq!(restart, Reply::Done("restarting".into()));
+        assert_eq!(rec.restarts, 1);
 
-        let failed = reply(&raw_exchange(
+        let refused = failed(&exchange(
             &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"maintenance\",\"on\":true,\"reason\":\"fail\"}\n".to_vec(),
+            &mut rec,
+            b"{\"cmd\":\"maintenance\",\"on\":true,\"reason\":\"fail\"}\n",
             false,
         ));
-        assert_eq!(failed, json!({"ok": false, "error": "consul said no"}));
+        assert_eq!(refused, "consul said no");
 
         // No newline: a request ended by half-closing the connection counts too (socat, nc -U).
-        let eof = reply(&raw_exchange(
+        let eof = reply(&exchange(
             &mut server,
-            &mut h,
-            &path,
-            b"{\"cmd\":\"maintenance\",\"on\":false}".to_vec(),
+            &mut rec,
+            b"{\"cmd\":\"maintenance\",\"on\":false}",
             true,
         ));
-        assert_eq!(eof["ok"], true, "{eof}");
-        assert_eq!(h.maintenance, vec![(false, None)]);
+        assert!(matches!(eof, Reply::Done(_)), "{eof:?}");
+        assert_eq!(rec.maintenance, vec![(false, None)]);
         assert!(
             server.clients.is_empty(),
             "every connection is closed after its reply"
@@ -776,26 +755,118 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_can_come_later_and_a_client_past_its_time_limit_is_told() {
+        let dir = TempDir::new("deferred");
+        let limits = Limits {
+            answer_timeout: Duration::from_millis(400),
+            ..Limits::default()
+        };
+        let mut server = ControlServer::bind_with(&dir.sock(), limits).expect("bind");
+        let mut rec = Recorder {
+            defer: true,
+            ..Recorder::default()
+        };
+        let ask = |path: PathBuf| {
+            thread::spawn(move || {
+                let mut s = UnixStream::connect(&path).expect("connect");
+                s.write_all(b"{\"cmd\":\"restart\"}\n").expect("write");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            })
+        };
+        let later = ask(dir.sock());
+        serve_until(&mut server, &mut rec, |_, r| r.deferred.len() == 1);
+        // Some turns with nothing to say: the client waits and is not polled meanwhile.
+        for _ in 0..3 {
+            turn(&mut server, &mut rec, Duration::from_millis(10));
+        }
+        assert!(!later.is_finished());
+        assert!(
+            server.poll_fds_for_test().len() == 1,
+            "only the listener is polled while the loop owes an answer"
+        );
+        let client = rec.deferred.pop().unwrap();
+        server.reply(client, &Reply::Done("done later".into()));
+        assert_eq!(
+            reply(&later.join().unwrap()),
+            Reply::Done("done later".into())
+        );
+        server.reply(client, &Reply::Done("twice".into())); // gone: nothing happens
+
+        let never = ask(dir.sock());
+        serve_until(&mut server, &mut rec, |s, _| {
+            s.clients.is_empty() && never.is_finished()
+        });
+        let err = failed(&never.join().unwrap());
+        assert_eq!(err, "timed out: no answer from PID 1 within 400ms");
+    }
+
+    #[test]
+    fn a_connection_announced_only_by_a_sigio_is_accepted() {
+        // The race of a SIGIO read after poll(2) returned: the listener was not ready when poll looked, the
+        // connection's SIGIO is taken off the signalfd afterwards, and no second SIGIO will come.
+        let dir = TempDir::new("sigio");
+        let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
+        let mut rec = Recorder::default();
+        assert!(server.serve(&[], Instant::now()).is_empty());
+        assert!(!server.accept_due, "the backlog was seen empty");
+
+        let mut s = UnixStream::connect(dir.sock()).expect("connect");
+        s.write_all(b"{\"cmd\":\"status\"}\n").expect("write");
+        // What poll reported before the connection: nothing ready.
+        assert!(
+            server.serve(&[], Instant::now()).is_empty(),
+            "without its SIGIO the connection is not looked for"
+        );
+        server.on_sigio();
+        assert!(!server.may_sleep_in_read());
+        let incoming = server.serve(&[], Instant::now());
+        assert_eq!(
+            incoming.len(),
+            1,
+            "the SIGIO alone gets the connection served"
+        );
+        assert!(matches!(incoming[0].request, Request::Status));
+        server.reply(incoming[0].client, &rec.answer(Request::Status));
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reply");
+        assert!(matches!(reply(&out), Reply::Status(_)));
+    }
+
+    #[test]
+    fn connections_that_hang_up_at_once_count_against_the_accepts_per_wakeup() {
+        let dir = TempDir::new("churn");
+        let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
+        assert!(server.serve(&[], Instant::now()).is_empty());
+        for _ in 0..20 {
+            drop(UnixStream::connect(dir.sock()).expect("connect"));
+        }
+        server.on_sigio();
+        let mut wakeups = 0;
+        while server.accept_due {
+            assert!(server.serve(&[], Instant::now()).is_empty());
+            assert!(server.clients.is_empty(), "a hung-up client is not kept");
+            wakeups += 1;
+            assert!(wakeups < 10, "accepting never ends");
+        }
+        // 8 + 8 + 4: each wakeup returns to the loop (and its signals) after 8 connections.
+        assert_eq!(wakeups, 3);
+    }
+
+    #[test]
     fn garbage_gets_an_error_and_the_connection_is_closed() {
         let dir = TempDir::new("garbage");
         let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
-        let mut h = Recorder::default();
+        let mut rec = Recorder::default();
         let out = raw_exchange(
             &mut server,
-            &mut h,
+            &mut rec,
             &dir.sock(),
             b"\x00\x01GET / HTTP/1.0\r\n\r\n".to_vec(),
             false,
         );
-        let r = reply(&out);
-        assert_eq!(r["ok"], false);
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("bad request"),
-            "{r}"
-        );
+        assert!(failed(&out).starts_with("bad request"), "{out}");
         assert_eq!(out.lines().count(), 1, "one reply line, then EOF");
         assert!(server.clients.is_empty());
     }
@@ -804,33 +875,25 @@ mod tests {
     fn a_10mb_line_is_cut_off_at_the_size_limit() {
         let dir = TempDir::new("oversized");
         let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
-        let mut h = Recorder::default();
+        let mut rec = Recorder::default();
         let out = raw_exchange(
             &mut server,
-            &mut h,
+            &mut rec,
             &dir.sock(),
             vec![b'a'; 10 << 20],
             false,
         );
-        let r = reply(&out);
-        assert_eq!(r["ok"], false);
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("too large"),
-            "{r}"
-        );
+        assert!(failed(&out).contains("too large"), "{out}");
         assert!(server.clients.is_empty());
         // The server is still fine afterwards.
-        let ok = reply(&raw_exchange(
+        let ok = raw_exchange(
             &mut server,
-            &mut h,
+            &mut rec,
             &dir.sock(),
             b"{\"cmd\":\"status\"}\n".to_vec(),
             false,
-        ));
-        assert_eq!(ok["ok"], true);
+        );
+        assert!(matches!(reply(&ok), Reply::Status(_)));
     }
 
     #[test]
@@ -841,14 +904,14 @@ mod tests {
             ..Limits::default()
         };
         let mut server = ControlServer::bind_with(&dir.sock(), limits).expect("bind");
-        let mut h = Recorder::default();
+        let mut rec = Recorder::default();
         assert_eq!(server.deadline(), None, "no client, no wakeup needed");
         let before = Instant::now();
         let mut silent = UnixStream::connect(dir.sock()).expect("connect");
-        serve_until(&mut server, &mut h, |s| !s.clients.is_empty());
+        serve_until(&mut server, &mut rec, |s, _| !s.clients.is_empty());
         let deadline = server.deadline().expect("a client has a deadline");
         assert!(deadline >= before + limits.timeout && deadline <= Instant::now() + limits.timeout);
-        serve_until(&mut server, &mut h, |s| s.clients.is_empty());
+        serve_until(&mut server, &mut rec, |s, _| s.clients.is_empty());
         assert!(Instant::now() >= deadline, "dropped before its time limit");
         silent
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -869,33 +932,33 @@ mod tests {
             ..Limits::default()
         };
         let mut server = ControlServer::bind_with(&dir.sock(), limits).expect("bind");
-        let mut h = Recorder::default();
+        let mut rec = Recorder::default();
         let listener = server.listener.as_raw_fd();
         let _silent: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(dir.sock()).expect("connect"))
             .collect();
-        serve_until(&mut server, &mut h, |s| s.clients.len() == 2);
+        serve_until(&mut server, &mut rec, |s, _| s.clients.len() == 2);
         assert!(
-            server.poll_fds().iter().all(|&(fd, _)| fd != listener),
+            server.poll_fds_for_test().iter().all(|p| p.fd != listener),
             "a full server must not poll its listener (the queued connection would wake it in a loop)"
         );
         // The third client is queued, then served once the silent ones time out.
         let out = raw_exchange(
             &mut server,
-            &mut h,
+            &mut rec,
             &dir.sock(),
             b"{\"cmd\":\"status\"}\n".to_vec(),
             false,
         );
-        assert_eq!(reply(&out)["ok"], true);
-        assert!(server.poll_fds().iter().any(|&(fd, _)| fd == listener));
+        assert!(matches!(reply(&out), Reply::Status(_)));
+        assert!(server.poll_fds_for_test().iter().any(|p| p.fd == listener));
     }
 
     #[test]
     fn a_reply_larger_than_the_socket_buffer_is_written_on_pollout() {
         let dir = TempDir::new("bigreply");
         let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
-        let mut h = Recorder {
+        let mut rec = Recorder {
             pad: 4 << 20,
             ..Recorder::default()
         };
@@ -911,13 +974,17 @@ mod tests {
             s.read_to_string(&mut out).expect("read");
             out
         });
-        serve_until(&mut server, &mut h, |s| {
-            s.poll_fds().iter().any(|&(_, ev)| ev == PollFlags::POLLOUT)
+        serve_until(&mut server, &mut rec, |s, _| {
+            s.poll_fds_for_test()
+                .iter()
+                .any(|p| p.events == libc::POLLOUT)
         });
         client.thread().unpark();
-        serve_until(&mut server, &mut h, |_| client.is_finished());
-        let r = reply(&client.join().expect("client"));
-        assert_eq!(r["status"]["pad"].as_str().map(str::len), Some(4 << 20));
+        serve_until(&mut server, &mut rec, |_, _| client.is_finished());
+        let Reply::Status(s) = reply(&client.join().expect("client")) else {
+            panic!("a status reply")
+        };
+        assert_eq!(s.app.state.len(), 4 << 20);
     }
 
     #[test]
@@ -971,5 +1038,13 @@ mod tests {
             .err()
             .expect("too long");
         assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    impl ControlServer {
+        fn poll_fds_for_test(&self) -> Vec<libc::pollfd> {
+            let mut fds = Vec::new();
+            self.push_poll_fds(&mut fds);
+            fds
+        }
     }
 }

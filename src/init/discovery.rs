@@ -20,6 +20,7 @@ use crate::config::discovery::{
     DiscoveryConfig, OnChange, WaitTarget, WatchFileFormat, WatchTarget, WAIT_TIMEOUT_EXIT,
 };
 use crate::consul::watch::{Event, Snapshot, Upstreams};
+use crate::control::status;
 
 /// First progress line this long into the wait (a quick wait prints none), then one every PROGRESS_EVERY.
 const PROGRESS_FIRST: Duration = Duration::from_secs(1);
@@ -318,21 +319,33 @@ impl Discovery {
     }
 
     /// For `microinit status`: what is awaited and what every watch sees.
-    pub fn status_json(&self, now: Instant) -> Value {
-        json!({
-            "waiting": self.waiting,
-            "waited_s": self.waiting.then(|| now.duration_since(self.wait_started).as_secs_f64()),
-            "wait_timeout_s": self.wait_timeout.map(|t| t.as_secs_f64()),
-            "wait_for": self.waits.iter().map(|w| json!({
-                "target": w.target.to_string(), "up": w.up, "detail": w.detail,
-            })).collect::<Vec<_>>(),
-            "watches": self.watches.iter().map(|w| json!({
-                "watch": w.target.label(),
-                "value": w.snapshot.as_ref().map(snapshot_json),
-                "error": w.error,
-            })).collect::<Vec<_>>(),
-            "changes": self.changes,
-        })
+    pub fn status(&self, now: Instant) -> status::Discovery {
+        status::Discovery {
+            waiting: self.waiting,
+            waited_s: self
+                .waiting
+                .then(|| now.duration_since(self.wait_started).as_secs_f64()),
+            wait_timeout_s: self.wait_timeout.map(|t| t.as_secs_f64()),
+            wait_for: self
+                .waits
+                .iter()
+                .map(|w| status::WaitFor {
+                    target: w.target.to_string(),
+                    up: w.up,
+                    detail: w.detail.clone(),
+                })
+                .collect(),
+            watches: self
+                .watches
+                .iter()
+                .map(|w| status::Watch {
+                    watch: w.target.label(),
+                    value: w.snapshot.as_ref().map(snapshot_json),
+                    error: w.error.clone(),
+                })
+                .collect(),
+            changes: self.changes,
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! the loop sleeps in read(2) on the signalfd (a connecting control client raises SIGIO), else in poll():
 //! zero CPU while idle either way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ use crate::config::policy::{ChildSignals, EndOfLife};
 use crate::config::{Config, Dialect, DialectPolicy, Isolation, RestartPolicy, SupervisorConfig};
 use crate::consul::registration::{self, CheckStatus, Registration};
 use crate::control::health;
-use crate::control::server::ControlServer;
+use crate::control::server::{ClientId, ControlServer};
+use crate::control::status;
 use crate::init::discovery::{self, Discovery};
 use crate::init::exit_status::ExitStatus;
 use crate::init::reaper;
@@ -131,10 +132,8 @@ pub struct EventLoop {
     /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
     control: Option<ControlServer>,
     dialect: &'static str,
-    /// The control listener raises SIGIO on a connection (or there is no listener).
-    connect_signalled: bool,
-    /// The next idle wait may sleep in read(2) on the signalfd: no connection can be waiting unseen.
-    read_wait_ok: bool,
+    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
+    maintenance_replies: VecDeque<(ClientId, bool)>,
 
     children: HashMap<i32, Owner>,
     app_pid: Option<i32>,
@@ -169,7 +168,7 @@ pub struct EventLoop {
     zombies_reaped: u64,
     restarts: u32,
     last_exit: Option<ExitStatus>,
-    runtime_check: Option<serde_json::Value>,
+    runtime_check: Option<status::RuntimeCheck>,
     /// `--wait-for` / `--watch`.
     discovery: Option<Discovery>,
     /// An `--on-change exec:` came due while the previous one still ran: run it again when that one exits.
@@ -190,7 +189,7 @@ pub struct Setup {
     pub signals: Signals,
     pub is_pid1: bool,
     pub app_path: PathBuf,
-    pub runtime_check: Option<serde_json::Value>,
+    pub runtime_check: Option<status::RuntimeCheck>,
 }
 
 impl EventLoop {
@@ -226,21 +225,14 @@ impl EventLoop {
                 .ok()
         });
         // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
-        let control = cfg.control.and_then(|c| {
+        let mut control = cfg.control.and_then(|c| {
             ControlServer::bind(&c)
                 .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
                 .ok()
         });
-        let connect_signalled = control.as_ref().is_none_or(|c| {
-            c.signal_on_connect()
-                .map_err(|e| log::debug!("control socket: no SIGIO on connect ({e}); polling it"))
-                .is_ok()
-        });
-        // A client that connected before the listener was told to signal raised no SIGIO: poll first then.
-        let read_wait_ok = connect_signalled
-            && !control
-                .as_ref()
-                .is_some_and(ControlServer::connection_waiting);
+        if let Some(Err(e)) = control.as_mut().map(ControlServer::signal_on_connect) {
+            log::debug!("control socket: no SIGIO on connect ({e}); polling it");
+        }
         let dialect = match cfg.dialect {
             Dialect::Microinit => "microinit",
             Dialect::Tini => "tini",
@@ -259,9 +251,8 @@ impl EventLoop {
             consul_required,
             control,
             dialect,
+            maintenance_replies: VecDeque::new(),
             policy: cfg.policy,
-            connect_signalled,
-            read_wait_ok,
             cfg: cfg.supervisor,
             children: HashMap::new(),
             app_pid: None,
@@ -358,14 +349,8 @@ impl EventLoop {
     /// What `microinit health` reports (control::health::verdict over the loop's facts).
     fn health_verdict(&self) -> Result<String, String> {
         let consul = self.registration.as_ref().map(|r| {
-            let s = r.status_json();
-            (
-                s["ready"].as_bool().unwrap_or(false),
-                s["check"]["status"]
-                    .as_str()
-                    .unwrap_or("unknown")
-                    .to_string(),
-            )
+            r.status()
+                .map_or((false, "unknown".into()), |s| (s.ready, s.check_status))
         });
         health::verdict(&health::Facts {
             state: self.state.as_str().into(),
@@ -476,6 +461,34 @@ impl EventLoop {
     // ---- waiting ---------------------------------------------------------------------------------
 
     fn wait_for_events(&mut self) {
+        let timeout = match self.next_deadline() {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                // Round up: waking a hair early would spin until the deadline passes.
+                d.as_millis().min(i32::MAX as u128) as i32
+                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+            }
+        };
+        // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
+        // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
+        // signal-forwarding path (scripts/bench.sh).
+        let health_running = self
+            .children
+            .values()
+            .any(|o| matches!(o, Owner::Health { .. }));
+        if timeout == -1
+            && self.registration.is_none()
+            && self.discovery.is_none()
+            && !health_running
+            && self
+                .control
+                .as_ref()
+                .is_none_or(ControlServer::may_sleep_in_read)
+        {
+            self.wait_in_read();
+            return;
+        }
         let mut fds = vec![libc::pollfd {
             fd: self.signals.raw_fd(),
             events: libc::POLLIN,
@@ -505,55 +518,25 @@ impl EventLoop {
             }
         }
         if let Some(c) = &self.control {
-            fds.extend(c.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
-                fd,
-                events: events.bits(),
-                revents: 0,
-            }));
-        }
-        let timeout = match self.next_deadline() {
-            None => -1,
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                // Round up: waking a hair early would spin until the deadline passes.
-                d.as_millis().min(i32::MAX as u128) as i32
-                    + i32::from(d.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
-        // Nothing to wait for but signals and new control clients (which raise SIGIO): sleep in read(2) on
-        // the signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
-        // signal-forwarding path (about 4 µs of 35, scripts/bench.sh).
-        let only_listener = self
-            .control
-            .as_ref()
-            .map_or(fds.len() == 1, |c| c.is_idle() && fds.len() == 2);
-        if self.read_wait_ok && timeout == -1 && only_listener {
-            self.wait_in_read();
-            return;
+            c.push_poll_fds(&mut fds);
         }
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        let ready: Vec<RawFd> = fds
-            .iter()
-            .filter(|p| p.revents != 0)
-            .map(|p| p.fd)
-            .collect();
-        // poll is level-triggered: once it saw the listener idle, every later connection raises SIGIO.
-        self.read_wait_ok = self.connect_signalled
-            && !self
-                .control
-                .as_ref()
-                .is_some_and(|c| ready.contains(&c.listener_fd()));
         if n <= 0 {
-            return; // timeout or EINTR (cannot happen with every signal blocked, but harmless)
+            // Timeout or EINTR (cannot happen with every signal blocked, but harmless). A control client past
+            // its time limit is dropped by on_timers.
+            return;
         }
-        if ready.contains(&self.signals.raw_fd()) {
-            for s in self.signals.drain() {
+        let ready = |fd: RawFd| fds.iter().any(|p| p.fd == fd && p.revents != 0);
+        if ready(self.signals.raw_fd()) {
+            // One batch: the rest (a storm) waits for the next turn, after the other fds had theirs.
+            let batch = self.signals.next_batch();
+            for s in batch.iter() {
                 self.on_signal(s);
             }
         }
         if let Some(r) = &self.registration {
-            if ready.contains(&r.wake_fd().as_raw_fd()) {
+            if ready(r.wake_fd().as_raw_fd()) {
                 let events = r.take_events();
                 for ev in events {
                     self.on_worker_event(ev);
@@ -563,7 +546,7 @@ impl EventLoop {
         let discovery_woke = self
             .discovery
             .as_ref()
-            .is_some_and(|d| ready.contains(&d.wake_fd().as_raw_fd()));
+            .is_some_and(|d| ready(d.wake_fd().as_raw_fd()));
         if discovery_woke {
             let actions = self
                 .discovery
@@ -574,43 +557,21 @@ impl EventLoop {
         }
         for owner in self.children.values_mut() {
             if let Owner::Health { output, buf, .. } = owner {
-                if ready.contains(&output.as_raw_fd()) {
+                if ready(output.as_raw_fd()) {
                     read_capped(output.as_raw_fd(), buf);
                 }
             }
         }
-        // Taken out for the call: the server needs the loop itself as its handler.
-        if let Some(mut c) = self.control.take() {
-            c.on_ready(&ready, Instant::now(), self);
-            self.control = Some(c);
-        }
+        self.serve_control(&fds);
     }
 
-    /// The idle wait: signals, and SIGIO for a control client (accepted here; the next wait polls it).
+    /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it.
     fn wait_in_read(&mut self) {
-        let mut connected = false;
-        for s in self.signals.wait() {
-            if s.signo == libc::SIGIO {
-                // SIGIO is a standard signal: one sent with kill(2) and a connection's can coalesce into
-                // one, hiding the connection. Poll next time so the listener is looked at either way.
-                self.read_wait_ok = false;
-            }
-            if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-                connected = true;
-            } else {
-                self.on_signal(s);
-            }
+        let batch = self.signals.wait_batch();
+        for s in batch.iter() {
+            self.on_signal(s);
         }
-        if !connected {
-            return;
-        }
-        // Poll next: a connection accept(2) had to leave queued (EMFILE) raises no second SIGIO.
-        self.read_wait_ok = false;
-        if let Some(mut c) = self.control.take() {
-            let listener = c.listener_fd();
-            c.on_ready(&[listener], Instant::now(), self);
-            self.control = Some(c);
-        }
+        self.serve_control(&[]);
     }
 
     /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
@@ -735,8 +696,14 @@ impl EventLoop {
 
     fn on_signal(&mut self, s: signals::Received) {
         let sig = s.signo;
-        if self.control.as_ref().is_some_and(|c| c.is_connect(&s)) {
-            return; // a control client connected (poll already saw it): ours, not the app's
+        if sig == libc::SIGIO {
+            if let Some(c) = &mut self.control {
+                // Whatever poll saw, look at the listener: this SIGIO may be a connection's, or hide one.
+                c.on_sigio();
+                if c.is_connect(&s) {
+                    return; // ours, not the app's
+                }
+            }
         }
         if sig == libc::SIGCHLD {
             self.reap_due = true;
@@ -1292,10 +1259,7 @@ impl EventLoop {
                     }
                 }
             }
-            registration::Event::MaintenanceResult(r) => match r {
-                Ok(()) => log::info!("maintenance mode updated"),
-                Err(e) => log::error!("maintenance: {e}"),
-            },
+            registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
         }
     }
 }

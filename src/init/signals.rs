@@ -141,8 +141,7 @@ pub fn leave_at_default(sigs: &[i32]) {
 /// The non-blocking signalfd over every signal, and a blocking twin over the same queue.
 pub struct Signals {
     fd: OwnedFd,
-    /// Blocking: the idle loop sleeps in read(2) on it (`wait`) instead of poll(2) + read(2), which
-    /// costs a few µs on the signal-forwarding path (scripts/bench.sh).
+    /// Blocking: the idle loop sleeps in read(2) on it (`wait_batch`).
     wait_fd: OwnedFd,
 }
 
@@ -168,28 +167,54 @@ fn open_signalfd(flags: libc::c_int) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// One read(2) of `fd` into `out`; true when it filled the buffer (more may be pending).
-fn read_records(fd: RawFd, out: &mut Vec<Received>) -> bool {
-    const SZ: usize = std::mem::size_of::<libc::signalfd_siginfo>();
-    let mut buf = [0u8; SZ * 16];
-    let n = match nix::unistd::read(fd, &mut buf) {
-        Ok(n) if n >= SZ => n,
-        _ => return false, // EAGAIN: nothing more pending
-    };
-    for chunk in buf[..n].chunks_exact(SZ) {
-        // SAFETY: the kernel wrote whole signalfd_siginfo records; read_unaligned copes with the byte
-        // buffer's alignment.
-        let info: libc::signalfd_siginfo =
-            unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
-        out.push(Received {
-            signo: info.ssi_signo as i32,
-            code: info.ssi_code,
-            fd: info.ssi_fd,
-        });
+/// Signals read per wakeup. The kernel dequeues the lowest-numbered pending signal first, so a stop request
+/// (SIGTERM, SIGINT, any standard signal) pending behind tens of thousands of queued real-time signals comes
+/// out in the next read: bounding the batch bounds how long it waits for the current one to be forwarded
+/// (eight forwards, a few µs each), and lets the loop look at its other fds between batches. Real-time
+/// signals are still all read, once each, in their queue's order.
+pub const BATCH: usize = 8;
+
+const RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+
+/// Up to `BATCH` signals from one read(2), in the kernel's order; on the stack, so the forwarding path does
+/// not allocate.
+pub struct Batch {
+    buf: [u8; RECORD * BATCH],
+    len: usize,
+}
+
+impl Batch {
+    /// One read(2) of `fd` (EAGAIN or an error: an empty batch).
+    fn read(fd: RawFd) -> Batch {
+        let mut b = Batch {
+            buf: [0; RECORD * BATCH],
+            len: 0,
+        };
+        if let Ok(n) = nix::unistd::read(fd, &mut b.buf) {
+            b.len = n / RECORD;
+        }
+        b
     }
-    // A short read emptied the queue: skip the extra read(2) that would only say EAGAIN (this is the
-    // signal-forwarding path; a signal arriving now wakes the next wait).
-    n == buf.len()
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Received> + '_ {
+        self.buf[..self.len * RECORD]
+            .chunks_exact(RECORD)
+            .map(|chunk| {
+                // SAFETY: the kernel wrote whole signalfd_siginfo records; read_unaligned copes with the byte
+                // buffer's alignment.
+                let info: libc::signalfd_siginfo =
+                    unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
+                Received {
+                    signo: info.ssi_signo as i32,
+                    code: info.ssi_code,
+                    fd: info.ssi_fd,
+                }
+            })
+    }
 }
 
 impl Signals {
@@ -204,21 +229,22 @@ impl Signals {
         self.fd.as_raw_fd()
     }
 
-    /// Every signal pending now, in arrival order; never blocks. Standard signals coalesce in the kernel
-    /// (one pending instance each); real-time signals queue, so each arrives here once per send.
-    pub fn drain(&mut self) -> Vec<Received> {
-        let mut out = Vec::new();
-        while read_records(self.fd.as_raw_fd(), &mut out) {}
-        out
+    /// The next batch of pending signals; never blocks (empty when none is pending). Standard signals
+    /// coalesce in the kernel (one pending instance each); real-time signals queue, so each arrives here once
+    /// per send. A full batch means more may be pending: the signalfd stays readable for the next wait.
+    pub fn next_batch(&mut self) -> Batch {
+        Batch::read(self.fd.as_raw_fd())
     }
 
-    /// Like `drain`, but first sleeps until at least one signal is pending.
-    pub fn wait(&mut self) -> Vec<Received> {
-        let mut out = Vec::new();
-        if read_records(self.wait_fd.as_raw_fd(), &mut out) {
-            while read_records(self.fd.as_raw_fd(), &mut out) {}
-        }
-        out
+    /// Like `next_batch`, but first sleeps until at least one signal is pending: the idle wait, one read(2)
+    /// instead of poll(2) + read(2), which costs a few µs on the signal-forwarding path (scripts/bench.sh).
+    pub fn wait_batch(&mut self) -> Batch {
+        Batch::read(self.wait_fd.as_raw_fd())
+    }
+
+    /// Throw away every pending signal (start-up: the kernel's SIGHUP/SIGCONT after TIOCNOTTY).
+    pub fn discard_pending(&mut self) {
+        while self.next_batch().len == BATCH {}
     }
 }
 
@@ -265,6 +291,44 @@ mod tests {
         for s in 1..=rtmax() {
             assert_eq!(parse_signal(&signal_name(s)), Ok(s), "{}", signal_name(s));
         }
+    }
+
+    #[test]
+    fn a_stop_request_queued_behind_real_time_signals_comes_out_in_the_first_batch() {
+        // In a thread of its own, with thread-directed signals: the test harness's other threads keep
+        // their default dispositions, and a signalfd also reads its own thread's pending signals.
+        std::thread::spawn(|| {
+            block_all().expect("block");
+            let mut signals = Signals::open().expect("signalfd");
+            let tgkill = |sig: i32| {
+                // SAFETY: signals this very thread, which blocks every signal.
+                let r =
+                    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig) };
+                assert_eq!(r, 0, "tgkill {sig}");
+            };
+            let (rt_a, rt_b) = (rtmin() + 6, rtmin() + 7);
+            for i in 0..200 {
+                tgkill(if i % 2 == 0 { rt_a } else { rt_b });
+            }
+            tgkill(libc::SIGTERM);
+            tgkill(libc::SIGUSR2);
+            let first: Vec<i32> = signals.next_batch().iter().map(|s| s.signo).collect();
+            assert_eq!(first.len(), BATCH);
+            assert_eq!(&first[..2], &[libc::SIGUSR2, libc::SIGTERM]);
+            let mut rt = first[2..].to_vec();
+            loop {
+                let batch = signals.next_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                rt.extend(batch.iter().map(|s| s.signo));
+            }
+            assert_eq!(rt.iter().filter(|&&s| s == rt_a).count(), 100);
+            assert_eq!(rt.iter().filter(|&&s| s == rt_b).count(), 100);
+            assert_eq!(rt.len(), 200, "every real-time signal once: {rt:?}");
+        })
+        .join()
+        .expect("signal thread");
     }
 
     #[test]

@@ -179,6 +179,24 @@ impl Report {
         s
     }
 
+    /// The part `microinit status` shows: the verdict and what is missing.
+    pub fn summary(&self) -> crate::control::status::RuntimeCheck {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        crate::control::status::RuntimeCheck {
+            ok: self.is_ok(),
+            missing: self
+                .missing
+                .iter()
+                .map(|m| crate::control::status::Missing {
+                    kind: m.kind.as_str().into(),
+                    path: path(&m.path),
+                    needed_by: m.needed_by.as_deref().map(path),
+                    detail: m.detail(),
+                })
+                .collect(),
+        }
+    }
+
     /// `microinit check --json`.
     pub fn to_json(&self) -> Value {
         let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());

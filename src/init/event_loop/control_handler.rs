@@ -1,44 +1,105 @@
 //! The event loop as the control socket sees it: `microinit status` reads its state, `signal`, `restart` and
 //! `maintenance` become the loop's own actions.
 //!
-//! Owns: the status document and the mapping of each command onto the loop. Does not own: the socket, the
+//! Owns: filling in the status document and the answer to each request, including the ones answered later
+//! (`maintenance` waits for Consul's result). Does not own: the socket, the
 //! protocol or the limits (`control`), nor the actions themselves (the rest of `event_loop`).
 
-use serde_json::{json, Value};
+use std::time::Instant;
 
 use super::{AppState, EventLoop};
 use crate::consul::registration;
-use crate::control::server::ControlHandler;
+use crate::control::protocol::{Reply, Request};
+use crate::control::server::{ClientId, Incoming};
+use crate::control::status::{self, Status};
+use crate::init::exit_status::ExitStatus;
 use crate::init::signals::signal_name;
 
-impl ControlHandler for EventLoop {
-    fn status(&self) -> Value {
-        let command: Vec<String> = self
-            .cfg
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        json!({
-            "microinit": {"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "dialect": self.dialect},
-            "app": {
-                "pid": self.app_pid,
-                "command": command,
-                "state": self.state.as_str(),
-                "uptime_s": self.app_started.map(|t| t.elapsed().as_secs_f64()),
-                "restarts": self.restarts,
-                "last_exit": self.last_exit.map(|s| s.to_json()),
-            },
-            "signals_forwarded": self.signals_forwarded,
-            "zombies_reaped": self.zombies_reaped,
-            "runtime_check": self.runtime_check,
-            "consul": self.registration.as_ref().map(|r| r.status_json()),
-            "discovery": self.discovery.as_ref().map(|d| d.status_json(std::time::Instant::now())),
-            "health": crate::control::health::to_json(&self.health_verdict()),
-        })
+impl EventLoop {
+    /// Serve the control socket after a wakeup (`polled`: what poll reported, empty after the read(2) wait)
+    /// and answer every request read. Costs no syscall when no client is there and no SIGIO came.
+    pub(super) fn serve_control(&mut self, polled: &[libc::pollfd]) {
+        let Some(server) = &mut self.control else {
+            return;
+        };
+        for Incoming { client, request } in server.serve(polled, Instant::now()) {
+            let outcome = match request {
+                Request::Status => Ok(Some(Reply::Status(Box::new(self.status())))),
+                Request::Signal(sig) => self.signal_request(sig).map(|m| Some(Reply::Done(m))),
+                Request::Restart => self.restart_request().map(|m| Some(Reply::Done(m))),
+                // Answered when the worker reports Consul's result (`on_maintenance_result`).
+                Request::Maintenance { on, reason } => {
+                    self.maintenance_request(client, on, reason).map(|()| None)
+                }
+            };
+            let reply = match outcome {
+                Ok(None) => continue,
+                Ok(Some(reply)) => reply,
+                Err(error) => Reply::Failed(error),
+            };
+            if let Some(server) = &mut self.control {
+                server.reply(client, &reply);
+            }
+        }
     }
 
-    fn signal(&mut self, sig: i32) -> Result<String, String> {
+    /// The worker's answer to the oldest maintenance request (it answers each, in order).
+    pub(super) fn on_maintenance_result(&mut self, result: Result<(), String>) {
+        let reply = match (&result, self.maintenance_replies.pop_front()) {
+            (_, None) => None,
+            (Ok(()), Some((client, on))) => Some((
+                client,
+                Reply::Done(format!(
+                    "maintenance {}: the Consul agent applied it",
+                    if on { "on" } else { "off" }
+                )),
+            )),
+            (Err(e), Some((client, _))) => {
+                Some((client, Reply::Failed(format!("maintenance: {e}"))))
+            }
+        };
+        match result {
+            Ok(()) => log::info!("maintenance mode updated"),
+            Err(e) => log::error!("maintenance: {e}"),
+        }
+        if let (Some((client, reply)), Some(server)) = (reply, &mut self.control) {
+            server.reply(client, &reply);
+        }
+    }
+
+    fn status(&self) -> Status {
+        status::Status {
+            microinit: status::Microinit {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                dialect: self.dialect.into(),
+            },
+            app: status::App {
+                pid: self.app_pid,
+                command: self
+                    .cfg
+                    .command
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+                state: self.state.as_str().into(),
+                uptime_s: self.app_started.map(|t| t.elapsed().as_secs_f64()),
+                restarts: self.restarts,
+                last_exit: self.last_exit.map(|e| match e {
+                    ExitStatus::Code(n) => status::LastExit::Code(n),
+                    ExitStatus::Signal(s) => status::LastExit::Signal(s),
+                }),
+            },
+            signals_forwarded: self.signals_forwarded,
+            zombies_reaped: self.zombies_reaped,
+            runtime_check: self.runtime_check.clone(),
+            consul: self.registration.as_ref().and_then(|r| r.status()),
+            discovery: self.discovery.as_ref().map(|d| d.status(Instant::now())),
+            health: Some(crate::control::health::to_status(self.health_verdict())),
+        }
+    }
+
+    fn signal_request(&mut self, sig: i32) -> Result<String, String> {
         let pid = self
             .app_pid
             .ok_or_else(|| format!("no app running; {} not sent", signal_name(sig)))?;
@@ -49,7 +110,7 @@ impl ControlHandler for EventLoop {
         ))
     }
 
-    fn restart(&mut self) -> Result<String, String> {
+    fn restart_request(&mut self) -> Result<String, String> {
         if self.stopping || self.state == AppState::Exited {
             return Err("microinit is stopping; not restarting the app".into());
         }
@@ -74,22 +135,25 @@ impl ControlHandler for EventLoop {
             }
             // Between restarts (backoff) or before the pre-start hook finished: start without waiting.
             None if self.respawn_at.is_some() => {
-                self.respawn_at = Some(std::time::Instant::now());
+                self.respawn_at = Some(Instant::now());
                 Ok("the app was waiting to restart; starting it now".into())
             }
             None => Err("the app is not running yet (pre-start hook); nothing to restart".into()),
         }
     }
 
-    fn maintenance(&mut self, on: bool, reason: Option<String>) -> Result<String, String> {
+    fn maintenance_request(
+        &mut self,
+        client: ClientId,
+        on: bool,
+        reason: Option<String>,
+    ) -> Result<(), String> {
         let r = self
             .registration
             .as_ref()
             .ok_or("Consul registration is off, so there is no service to put in maintenance")?;
         r.send(registration::Command::Maintenance { on, reason });
-        Ok(format!(
-            "maintenance {} requested from the Consul agent",
-            if on { "on" } else { "off" }
-        ))
+        self.maintenance_replies.push_back((client, on));
+        Ok(())
     }
 }
