@@ -293,6 +293,17 @@ pub fn parse_argv(s: &str) -> Result<Vec<OsString>, String> {
     }
 }
 
+/// A command given as a JSON array of strings (Docker's exec form), if it is one: `--health-cmd` and the
+/// hooks take it as an argv with no shell. Anything else (`[ -f /x ]` included, which is not JSON) is None:
+/// a shell command.
+pub fn json_argv(s: &str) -> Option<Vec<OsString>> {
+    let s = s.trim();
+    if !s.starts_with('[') {
+        return None;
+    }
+    parse_argv(s).ok()
+}
+
 fn parse_service(s: &str, with_count: bool) -> Result<(ServiceQuery, u32), String> {
     let (s, dc) = split_dc(s)?;
     let (s, tag) = match s.split_once('@') {
@@ -472,6 +483,13 @@ mod tests {
             Ok(vec!["nginx".into(), "-s".into(), "reload".into()])
         );
         assert!(parse_argv("  ").is_err());
+        assert_eq!(json_argv(r#"["true"]"#), Some(vec!["true".into()]));
+        assert_eq!(
+            json_argv("[ -f /ready ]"),
+            None,
+            "a shell test command stays a shell command"
+        );
+        assert_eq!(json_argv("echo [1]"), None);
         assert!(parse_argv("[1,2]").is_err());
         assert!(parse_argv(r#"[""]"#).is_err());
     }

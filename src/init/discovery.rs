@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::discovery::{
-    DiscoveryConfig, OnChange, WaitTarget, WatchFileFormat, WatchTarget, WAIT_TIMEOUT_EXIT,
+    DiscoveryConfig, OnChange, WaitTarget, WatchFileFormat, WatchTarget,
 };
 use crate::consul::watch::{Event, Snapshot, Upstreams};
 use crate::control::status;
@@ -31,10 +31,8 @@ const DEBOUNCE_MAX_FACTOR: u32 = 10;
 /// What the event loop should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// The wait is over: start the app (pre-start hook first, if any).
+    /// The wait is over: the lifecycle may start the app (its `AwaitDone`).
     StartApp,
-    /// `--wait-timeout` ran out: print this line and exit with [`WAIT_TIMEOUT_EXIT`], without the app.
-    GiveUp { message: String, code: i32 },
     /// `--on-change signal:SIG`.
     Signal(i32),
     /// `--on-change exec:…`: spawn this argv with these variables added to microinit's environment.
@@ -221,16 +219,26 @@ impl Discovery {
         vec![Action::StartApp]
     }
 
-    /// The nearest instant `on_timer` has something to do.
+    /// The nearest instant `on_timer` has something to do. (`--wait-timeout` is the lifecycle's deadline.)
     pub fn deadline(&self) -> Option<Instant> {
-        let timeout = self
-            .wait_timeout
-            .filter(|_| self.waiting)
-            .map(|t| self.wait_started + t);
-        [timeout, self.next_progress, self.pending.map(|(at, _)| at)]
+        [self.next_progress, self.pending.map(|(at, _)| at)]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// The wait's time limit, for the lifecycle (None: for ever).
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        self.wait_timeout
+    }
+
+    /// The line printed when `--wait-timeout` ran out.
+    pub fn timeout_message(&self) -> String {
+        format!(
+            "gave up after {:?} (--wait-timeout) waiting for: {}; not starting the app",
+            self.wait_timeout.unwrap_or_default(),
+            self.missing()
+        )
     }
 
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
@@ -247,17 +255,6 @@ impl Discovery {
             return actions;
         }
         let waited = now.duration_since(self.wait_started);
-        if let Some(t) = self.wait_timeout.filter(|t| waited >= *t) {
-            self.abort_wait();
-            actions.push(Action::GiveUp {
-                message: format!(
-                    "gave up after {t:?} (--wait-timeout) waiting for: {}; not starting the app",
-                    self.missing()
-                ),
-                code: WAIT_TIMEOUT_EXIT,
-            });
-            return actions;
-        }
         if self.next_progress.is_some_and(|t| now >= t) {
             self.next_progress = Some(now + PROGRESS_EVERY);
             eprintln!(

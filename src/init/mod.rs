@@ -7,6 +7,7 @@
 pub mod discovery;
 pub mod event_loop;
 pub mod exit_status;
+pub mod lifecycle;
 pub mod probes;
 pub mod reaper;
 pub mod signals;
