@@ -123,7 +123,9 @@ fn the_app_starts_only_after_its_upstream_passes_and_status_shows_what_is_awaite
         &[],
     );
     await_status(&app, "the wait for consul:db:2", |s| {
-        s["app"]["state"] == "waiting"
+        s["app"]["state"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("waiting for every upstream"))
             && s["discovery"]["wait_for"][0]["target"] == "consul:db:2"
             && s["discovery"]["wait_for"][0]["detail"] == "0 of 2 passing"
     });
@@ -158,7 +160,11 @@ fn a_stop_during_the_wait_exits_143_at_once_without_starting_the_app() {
         &["--wait-for", "consul:never", "--consul-addr", &agent.addr()],
         &[],
     );
-    await_status(&app, "the wait", |s| s["app"]["state"] == "waiting");
+    await_status(&app, "the wait", |s| {
+        s["app"]["state"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("waiting for every upstream"))
+    });
     let t = Instant::now();
     app.pid1.signal(libc::SIGTERM);
     let started = app.started();
@@ -499,4 +505,24 @@ fn listening_sockets(pid: i32) -> Vec<String> {
         }
     }
     out
+}
+
+#[test]
+fn a_hook_given_as_a_json_argv_runs_without_a_shell() {
+    let dir = tempdir("disc-argv");
+    // A shell would split this name at the blank and the semicolon; an argv keeps it whole.
+    let odd = dir.join("pre start;x");
+    let hook = serde_json::json!(["touch", odd.to_str().unwrap()]).to_string();
+    let app = App::start(&["--pre-start", &hook], &[]);
+    wait_ready(&app.rec);
+    assert!(
+        odd.exists(),
+        "the argv hook did not create {}",
+        odd.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "anything else was created"
+    );
 }
