@@ -420,7 +420,8 @@ fn health_is_0_once_the_app_is_ready_and_passing_in_consul() {
         .and_then(|l| l.local_addr())
         .expect("bind")
         .port();
-    let ready = format!("tcp:127.0.0.1:{port}");
+    // A shell-free HTTP readiness probe: the app is ready when GET /ready answers 2xx.
+    let ready = format!("http://127.0.0.1:{port}/ready");
     let app = App::start(
         &[
             "--service-name",
@@ -438,13 +439,24 @@ fn health_is_0_once_the_app_is_ready_and_passing_in_consul() {
     let (code, line) = app.health();
     assert_eq!(code, 1, "healthy before ready: {line}");
     assert!(line.contains("not ready"), "{line}");
-    let _l = TcpListener::bind(("127.0.0.1", port)).expect("bind the app's port");
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the app's port");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+        }
+    });
     let ok = wait_for(SOON, || {
         let (code, line) = app.health();
         (code == 0).then_some(line)
     })
     .expect("never healthy");
     assert!(ok.contains("passing in Consul"), "{ok}");
+    assert_eq!(
+        agent.check_status("microinit:api-1", None).as_deref(),
+        Some("passing")
+    );
 }
 
 #[test]

@@ -176,8 +176,9 @@ pub enum Readiness {
     Immediate,
     /// When the health command first passes.
     HealthCmd,
-    /// When a TCP connect to this address succeeds.
-    Tcp(String),
+    /// When a shell-free probe first passes: a TCP connect (`tcp:`), an HTTP GET answering 2xx (`http://`),
+    /// a file existing (`file:`).
+    Probe(discovery::WaitTarget),
 }
 
 /// The service definition to register.

@@ -10,7 +10,6 @@
 //! eventfd of [`Registration::wake_fd`]). The HTTP calls themselves are in `consul`.
 
 use std::collections::VecDeque;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -20,12 +19,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{json, Map, Value};
 
-use crate::config::discovery::AgentConfig;
+use crate::config::discovery::{parse_wait_target, AgentConfig};
 use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
 use crate::consul::{address, identity};
 use crate::control::status;
+use crate::init::probes;
 
 /// Default of `--deregister-timeout`: a deregistration request is answered ([`Event::Deregistered`]) within
 /// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
@@ -39,9 +39,10 @@ const CONSUL_MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
 /// First retry delay after a failure; doubles up to `backoff_cap()`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
-/// TCP readiness: connect timeout and the pause between attempts.
-const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
-const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// `--ready` probes: time limit (short: the worker answers a deregistration only between calls) and the
+/// pause between attempts.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Tell the app (and the hooks and health command, which inherit PID 1's environment) the service ID it
 /// is registered under, in `MICROINIT_SERVICE_ID`: the default ID is computed, and an app that looks
@@ -315,7 +316,7 @@ impl Worker {
                     )
                 };
                 self.set_check(check);
-                if let Readiness::Tcp(_) = self.cfg.readiness {
+                if let Readiness::Probe(_) = self.cfg.readiness {
                     self.probe_due = Some(Instant::now());
                 }
                 self.sync();
@@ -387,7 +388,7 @@ impl Worker {
     fn tick(&mut self) {
         let now = Instant::now();
         if self.probe_due.is_some_and(|d| d <= now) {
-            self.probe_tcp();
+            self.probe_ready();
         }
         if self.retry_due.is_some_and(|d| d <= now) || self.heartbeat_due.is_some_and(|d| d <= now)
         {
@@ -395,29 +396,22 @@ impl Worker {
         }
     }
 
-    fn probe_tcp(&mut self) {
-        let Readiness::Tcp(target) = &self.cfg.readiness else {
+    /// `--ready tcp:|http://|file:`: one shell-free probe (`init::probes`, bounded by its own timeout).
+    fn probe_ready(&mut self) {
+        let Readiness::Probe(target) = &self.cfg.readiness else {
             self.probe_due = None;
             return;
         };
-        let accepted = target
-            .to_socket_addrs()
-            .map(|addrs| {
-                addrs
-                    .into_iter()
-                    .any(|a| TcpStream::connect_timeout(&a, TCP_PROBE_TIMEOUT).is_ok())
-            })
-            .unwrap_or(false);
-        if !accepted {
-            self.probe_due = Some(Instant::now() + TCP_PROBE_INTERVAL);
+        if probes::probe(target, READY_PROBE_TIMEOUT).is_err() {
+            self.probe_due = Some(Instant::now() + READY_PROBE_INTERVAL);
             return;
         }
         self.probe_due = None;
         self.ready = true;
-        let check = self.last_health.clone().unwrap_or((
-            CheckStatus::Passing,
-            format!("microinit: {target} accepts connections"),
-        ));
+        let check = self
+            .last_health
+            .clone()
+            .unwrap_or((CheckStatus::Passing, format!("microinit: {target} is up")));
         self.set_check(check);
         self.sync();
     }
@@ -1134,25 +1128,20 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
         Some("health") => {
             return Err("MICROINIT_READY=health needs MICROINIT_HEALTH_CMD (--health-cmd)".into())
         }
-        Some(t) if t.starts_with("tcp:") => {
-            let target = &t[4..];
-            let target = if target.parse::<u16>().is_ok() {
-                format!("127.0.0.1:{target}")
-            } else {
-                target.into()
+        Some(t) if t.starts_with("tcp:") || t.starts_with("http://") || t.starts_with("file:") => {
+            // tcp:PORT is the app's own port on loopback.
+            let t = match t.strip_prefix("tcp:") {
+                Some(port) if port.parse::<u16>().is_ok() => format!("tcp:127.0.0.1:{port}"),
+                _ => t.to_string(),
             };
-            match target.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Readiness::Tcp(target),
-                _ => {
-                    return Err(format!(
-                        "MICROINIT_READY={t}: use tcp:PORT or tcp:HOST:PORT"
-                    ))
-                }
+            match parse_wait_target(&t) {
+                Ok(target) => Readiness::Probe(target),
+                Err(e) => return Err(format!("MICROINIT_READY={t}: {e}")),
             }
         }
         Some(other) => {
             return Err(format!(
-                "MICROINIT_READY={other}: use immediate, health, tcp:PORT or tcp:HOST:PORT"
+                "MICROINIT_READY={other}: use immediate, health, tcp:PORT, tcp:HOST:PORT, http://… or file:PATH"
             ))
         }
     };
@@ -1194,6 +1183,7 @@ impl Registration {
 mod tests {
     use super::dev_agent::{free_port, wait_until, DevAgent};
     use super::*;
+    use crate::config::discovery::WaitTarget;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
     const SOON: Duration = Duration::from_secs(10);
@@ -1308,7 +1298,13 @@ mod tests {
         );
         assert_eq!(
             (c.addr.base_url(), c.readiness),
-            ("http://h:1".into(), Readiness::Tcp("127.0.0.1:80".into()))
+            (
+                "http://h:1".into(),
+                Readiness::Probe(WaitTarget::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 80
+                })
+            )
         );
 
         for (k, v, needle) in [

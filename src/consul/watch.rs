@@ -206,7 +206,7 @@ fn wait_probe(t: &WaitTarget, target: usize, out: &Out, done: &AtomicBool) {
     let mut delay = PROBE_FIRST;
     let mut last = String::new();
     while !done.load(Ordering::Relaxed) {
-        match probes::probe(t) {
+        match probes::probe(t, probes::PROBE_TIMEOUT) {
             Ok(()) => {
                 out.send(Event::Up { target });
                 return;

@@ -16,11 +16,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The status line is all an HTTP probe reads.
 const MAX_STATUS_LINE: usize = 1024;
 
-/// Probe a non-Consul wait target once. Ok(()) when it is up.
-pub fn probe(target: &WaitTarget) -> Result<(), String> {
+/// Probe a non-Consul target once, within `timeout`. Ok(()) when it is up.
+pub fn probe(target: &WaitTarget, timeout: Duration) -> Result<(), String> {
     match target {
-        WaitTarget::Tcp { host, port } => tcp(host, *port, PROBE_TIMEOUT).map(drop),
-        WaitTarget::Http { url } => http_get(url, PROBE_TIMEOUT),
+        WaitTarget::Tcp { host, port } => tcp(host, *port, timeout).map(drop),
+        WaitTarget::Http { url } => http_get(url, timeout),
         WaitTarget::File(p) => file(p),
         WaitTarget::Consul { .. } => Err("a consul: target is not probed, it is queried".into()),
     }
