@@ -1136,7 +1136,11 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
             };
             match parse_wait_target(&t) {
                 Ok(target) => Readiness::Probe(target),
-                Err(e) => return Err(format!("MICROINIT_READY={t}: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "MICROINIT_READY={t}: {e}; use tcp:PORT, tcp:HOST:PORT, http://… or file:PATH"
+                    ))
+                }
             }
         }
         Some(other) => {
