@@ -538,3 +538,64 @@ fn a_hook_given_as_a_json_argv_runs_without_a_shell() {
         "anything else was created"
     );
 }
+
+#[test]
+fn an_app_is_ready_when_it_writes_a_line_to_its_notification_fd() {
+    let agent = DevAgent::start();
+    let dir = tempdir("disc-notify");
+    let sock = dir.join("ctl.sock");
+    let flag = dir.join("go");
+    // s6 style: the app writes a line to fd 5 once it is ready.
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; echo ready >&5; exec sleep 100",
+        flag.display()
+    );
+    let _p = Pid1::start(
+        &[
+            "--service-name",
+            "api",
+            "--service-id",
+            "api-n",
+            "--ready",
+            "fd:5",
+            "--consul-addr",
+            &agent.addr(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("MICROINIT_SOCKET", sock.to_str().unwrap())],
+    );
+    let health = || {
+        let o = Command::new(bin())
+            .arg("health")
+            .env("MICROINIT_SOCKET", &sock)
+            .output()
+            .expect("health");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let not_ready = wait_for(SOON, || {
+        let (code, line) = health();
+        (code == 1 && line.contains("not ready")).then_some(())
+    });
+    assert!(
+        not_ready.is_some(),
+        "never reported not ready: {:?}",
+        health()
+    );
+    assert_eq!(
+        agent.check_status("microinit:api-n", None).as_deref(),
+        Some("critical")
+    );
+    std::fs::write(&flag, "").expect("flag");
+    let ok = wait_for(SOON, || (health().0 == 0).then_some(()));
+    assert!(ok.is_some(), "never ready: {:?}", health());
+    assert_eq!(
+        agent.check_status("microinit:api-n", None).as_deref(),
+        Some("passing")
+    );
+}

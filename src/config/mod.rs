@@ -179,6 +179,9 @@ pub enum Readiness {
     /// When a shell-free probe first passes: a TCP connect (`tcp:`), an HTTP GET answering 2xx (`http://`),
     /// a file existing (`file:`).
     Probe(discovery::WaitTarget),
+    /// When the app writes a line to this file descriptor (s6's notification-fd): microinit gives the app
+    /// the write end of a pipe as fd N.
+    Notify(i32),
 }
 
 /// The service definition to register.

@@ -62,6 +62,8 @@ pub enum Command {
     Health { status: CheckStatus, output: String },
     /// The app exited (maybe to be restarted): the check goes critical with this reason.
     AppDown { reason: String },
+    /// `--ready fd:N`: the app wrote its readiness line.
+    Ready,
     /// `microinit maintenance on|off`: answered with [`Event::MaintenanceResult`].
     Maintenance { on: bool, reason: Option<String> },
     /// Deregister now (SIGTERM or app exit): answered with [`Event::Deregistered`] within [`Registration::deregister_bound`].
@@ -343,6 +345,20 @@ impl Worker {
                 self.set_check(check);
                 if self.phase == Phase::Active {
                     self.sync();
+                }
+            }
+            Command::Ready => {
+                if self.app_up && !self.ready && matches!(self.cfg.readiness, Readiness::Notify(_))
+                {
+                    self.ready = true;
+                    let check = self.last_health.clone().unwrap_or((
+                        CheckStatus::Passing,
+                        "microinit: the app notified it is ready".into(),
+                    ));
+                    self.set_check(check);
+                    if self.phase == Phase::Active {
+                        self.sync();
+                    }
                 }
             }
             Command::AppDown { reason } => {
@@ -1143,9 +1159,14 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
                 }
             }
         }
+        Some(t) if t.starts_with("fd:") => match t[3..].parse::<i32>() {
+            // 0-2 are the app's stdio.
+            Ok(n) if (3..=1023).contains(&n) => Readiness::Notify(n),
+            _ => return Err(format!("MICROINIT_READY={t}: use fd:N with N from 3 to 1023")),
+        },
         Some(other) => {
             return Err(format!(
-                "MICROINIT_READY={other}: use immediate, health, tcp:PORT, tcp:HOST:PORT, http://… or file:PATH"
+                "MICROINIT_READY={other}: use immediate, health, tcp:PORT, tcp:HOST:PORT, http://…, file:PATH or fd:N"
             ))
         }
     };

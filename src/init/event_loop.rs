@@ -112,11 +112,18 @@ pub struct EventLoop {
     /// An `--on-change exec:` came due while the previous one still ran: run it again when that one exits.
     on_change_again: Option<discovery::Action>,
     metrics: Option<crate::metrics::Metrics>,
+    /// `--ready fd:N`: N, and the read end of the current app's notification pipe until it said ready.
+    notify_fd: Option<i32>,
+    notify_pipe: Option<OwnedFd>,
 }
 
 impl EventLoop {
     pub fn new(cfg: Config, setup: Setup) -> std::io::Result<EventLoop> {
         let health = cfg.consul.as_ref().and_then(HealthSchedule::from_config);
+        let notify_fd = match cfg.consul.as_ref().map(|c| &c.readiness) {
+            Some(crate::config::Readiness::Notify(n)) => Some(*n),
+            _ => None,
+        };
         let consul = cfg.consul.clone();
         let registration = cfg
             .consul
@@ -206,6 +213,8 @@ impl EventLoop {
             discovery,
             on_change_again: None,
             metrics,
+            notify_fd,
+            notify_pipe: None,
         })
     }
 
@@ -341,6 +350,7 @@ impl EventLoop {
         if timeout == -1
             && self.registration.is_none()
             && self.discovery.is_none()
+            && self.notify_pipe.is_none()
             && !health_running
             && exec_pipe.is_none()
             && runtime_watch.is_none()
@@ -377,6 +387,10 @@ impl EventLoop {
         }
         let discovery_fd = self.discovery.as_ref().map(|d| d.wake_fd().as_raw_fd());
         if let Some(fd) = discovery_fd {
+            watch(fd);
+        }
+        let notify_fd = self.notify_pipe.as_ref().map(AsRawFd::as_raw_fd);
+        if let Some(fd) = notify_fd {
             watch(fd);
         }
         for owner in self.children.values() {
@@ -417,6 +431,9 @@ impl EventLoop {
         }
         if discovery_fd.is_some_and(ready) {
             self.on_discovery_wake();
+        }
+        if notify_fd.is_some_and(ready) {
+            self.on_notify_readable();
         }
         let health_ready: Vec<RawFd> = fds
             .iter()
@@ -575,6 +592,7 @@ impl EventLoop {
                 return;
             }
         };
+        let notify = self.notify_pipe_for_spawn();
         let spec = SpawnSpec {
             path: &path,
             argv: &self.cfg.command,
@@ -587,6 +605,7 @@ impl EventLoop {
                 ChildSignals::Reset => OriginalMask::empty(),
             },
             default_dispositions: self.policy.child_signals == ChildSignals::Reset,
+            notify_fd: notify.as_ref().map(|(w, n)| (w.as_raw_fd(), *n)),
             extra_env: &[],
         };
         match spawn::spawn(&spec) {

@@ -35,6 +35,8 @@ pub struct SpawnSpec<'a> {
     pub mask: OriginalMask,
     /// Signals 1-31 back to their default action, inherited ignores included (dumb-init's child).
     pub default_dispositions: bool,
+    /// `--ready fd:N`: (the write end of the notification pipe, N): the child gets it as fd N.
+    pub notify_fd: Option<(RawFd, i32)>,
     /// Variables added to (or replacing in) microinit's environment for this child; usually empty.
     pub extra_env: &'a [(String, String)],
 }
@@ -218,6 +220,14 @@ unsafe fn child(
     if let Some(fd) = spec.output {
         libc::dup2(fd, 1);
         libc::dup2(fd, 2);
+    }
+    if let Some((fd, n)) = spec.notify_fd {
+        // dup2 gives fd N without close-on-exec; when the pipe already is fd N, clear the flag instead.
+        if fd == n {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        } else {
+            libc::dup2(fd, n);
+        }
     }
     // Rust's runtime ignores SIGPIPE before main, and an ignored disposition survives exec: give the app
     // the default back, as std::process::Command does (handlers need nothing: exec resets them).

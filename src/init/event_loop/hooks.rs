@@ -43,6 +43,7 @@ impl EventLoop {
             output,
             mask: self.mask,
             default_dispositions: false,
+            notify_fd: None,
             extra_env: &[],
         })
     }

@@ -7,8 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+
 use super::{children::Owner, EventLoop};
 use crate::config::Isolation;
+use crate::consul::registration;
 use crate::control::health;
 use crate::init::discovery::{self, Discovery};
 use crate::init::lifecycle::{Awaited, Event, Phase};
@@ -120,6 +125,7 @@ impl EventLoop {
             output: None,
             mask: OriginalMask::empty(),
             default_dispositions: true,
+            notify_fd: None,
             extra_env: env,
         };
         match spawn::spawn(&spec) {
@@ -144,6 +150,52 @@ impl EventLoop {
         }
         if let Some(again) = self.on_change_again.take() {
             self.start_on_change(again);
+        }
+    }
+
+    /// `--ready fd:N`: a fresh pipe for the app about to be spawned (its write end, N); the read end is
+    /// polled until the app writes its line. The write end is closed in PID 1 when the returned value drops
+    /// after the spawn, so the app's exit reads as EOF.
+    pub(super) fn notify_pipe_for_spawn(&mut self) -> Option<(OwnedFd, i32)> {
+        let n = self.notify_fd?;
+        match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                let _ = nix::fcntl::fcntl(
+                    r.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+                );
+                self.notify_pipe = Some(r);
+                Some((w, n))
+            }
+            Err(e) => {
+                log::error!("--ready fd:{n}: cannot create a pipe: {e}");
+                None
+            }
+        }
+    }
+
+    /// The notification pipe is readable: a line means ready (s6's rule); EOF first means the app closed it
+    /// (or exited) without saying so.
+    pub(super) fn on_notify_readable(&mut self) {
+        let Some(r) = &self.notify_pipe else { return };
+        // A line is short; a chatty app cannot make PID 1 read more than this per wakeup.
+        let mut buf = [0u8; 512];
+        match nix::unistd::read(r.as_raw_fd(), &mut buf) {
+            Ok(0) => {
+                log::warn!(
+                    "--ready fd:{}: the app closed it without writing a line",
+                    self.notify_fd.unwrap_or(0)
+                );
+                self.notify_pipe = None;
+            }
+            Ok(n) if buf[..n].contains(&b'\n') => {
+                log::info!("the app notified it is ready");
+                self.notify_pipe = None;
+                if let Some(r) = &self.registration {
+                    r.send(registration::Command::Ready);
+                }
+            }
+            Ok(_) | Err(_) => {}
         }
     }
 
