@@ -229,24 +229,10 @@ mod tests {
             waiting_upstreams: false,
             watch_changes: 2,
         };
-        let consul = Consul {
-            agent: "http://127.0.0.1:8500".into(),
-            service_id: "web-1".into(),
-            service_name: "web".into(),
-            check_id: "microinit:web-1".into(),
-            service_file: None,
-            state: "registered".into(),
-            ready: true,
-            check_status: "warning".into(),
-            check_output: String::new(),
-            last_heartbeat: Some(crate::control::status::Heartbeat {
-                unix: 1000,
-                error: None,
-            }),
-            maintenance: None,
-            last_error: None,
-            registrations: 1,
-        };
+        let mut consul = crate::control::status::tests::full_status()
+            .consul
+            .expect("a consul part");
+        consul.check_status = "warning".into();
         let t = render(&v, Some(&consul), 1007);
         assert_eq!(sample(&t, "microinit_app_up"), Some(1.0));
         assert_eq!(sample(&t, "microinit_app_restarts_total"), Some(3.0));

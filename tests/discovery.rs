@@ -47,15 +47,7 @@ impl App {
 
     /// `microinit SUBCOMMAND…` against this PID 1's socket: (exit code, stdout).
     fn client(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(bin())
-            .args(args)
-            .env("MICROINIT_SOCKET", &self.sock)
-            .output()
-            .expect("run the client");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        client_at(&self.sock, args)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -67,7 +59,7 @@ impl App {
     }
 
     fn health(&self) -> (i32, String) {
-        self.client(&["health"])
+        health_at(&self.sock)
     }
 
     fn hups(&self) -> usize {
@@ -84,30 +76,36 @@ impl App {
     }
 }
 
-/// Register `id` (service `name`, port `port`) with a TTL check in `status`.
-fn register(agent: &DevAgent, name: &str, id: &str, port: u16, status: &str) {
-    let def = serde_json::json!({
-        "Name": name, "ID": id, "Address": "127.0.0.1", "Port": port,
-        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "1h", "Status": status},
-    });
-    let (st, body) = agent.request(
-        "PUT",
-        "/v1/agent/service/register",
-        None,
-        Some(&def.to_string()),
-    );
-    assert_eq!(st, 200, "register {id}: {body}");
+/// `microinit SUBCOMMAND…` against the control socket `sock`: (exit code, stdout).
+fn client_at(sock: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("MICROINIT_SOCKET", sock)
+        .output()
+        .expect("run the client");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
-fn set_check(agent: &DevAgent, id: &str, status: &str, output: &str) {
-    let body = serde_json::json!({"Status": status, "Output": output}).to_string();
-    let (st, answer) = agent.request(
-        "PUT",
-        &format!("/v1/agent/check/update/{id}-ttl"),
-        None,
-        Some(&body),
-    );
-    assert_eq!(st, 200, "update {id}: {answer}");
+fn health_at(sock: &Path) -> (i32, String) {
+    client_at(sock, &["health"])
+}
+
+/// A watch on `web` that sends the app SIGHUP on every change.
+fn hup_watch(agent: &DevAgent) -> App {
+    App::start(
+        &[
+            "--watch",
+            "web",
+            "--on-change",
+            "signal:HUP",
+            "--consul-addr",
+            &agent.addr(),
+        ],
+        &[],
+    )
 }
 
 fn await_status(app: &App, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
@@ -136,8 +134,8 @@ fn the_app_starts_only_after_its_upstream_passes_and_status_shows_what_is_awaite
         "{line}"
     );
 
-    register(&agent, "db", "db-1", 5432, "passing");
-    register(&agent, "db", "db-2", 5433, "critical");
+    agent.register_instance("db", "db-1", 5432, "passing");
+    agent.register_instance("db", "db-2", 5433, "critical");
     await_status(&app, "1 of 2 passing", |s| {
         s["discovery"]["wait_for"][0]["detail"] == "1 of 2 passing"
     });
@@ -146,7 +144,7 @@ fn the_app_starts_only_after_its_upstream_passes_and_status_shows_what_is_awaite
         "the app started with one of two instances passing"
     );
 
-    set_check(&agent, "db-2", "passing", "");
+    agent.set_instance_check("db-2", "passing", "");
     wait_ready(&app.rec);
     await_status(&app, "the app running", |s| {
         s["app"]["state"] == "running" && s["discovery"]["waiting"] == false
@@ -253,18 +251,8 @@ fn tcp_http_and_file_targets_hold_the_app_until_each_is_up() {
 #[test]
 fn a_watch_signals_the_app_when_an_instance_registers_or_goes_critical_and_not_otherwise() {
     let agent = DevAgent::start();
-    register(&agent, "web", "web-1", 8001, "passing");
-    let app = App::start(
-        &[
-            "--watch",
-            "web",
-            "--on-change",
-            "signal:HUP",
-            "--consul-addr",
-            &agent.addr(),
-        ],
-        &[],
-    );
+    agent.register_instance("web", "web-1", 8001, "passing");
+    let app = hup_watch(&agent);
     wait_ready(&app.rec);
     await_status(&app, "the watch's first answer", |s| {
         s["discovery"]["watches"][0]["value"][0]["port"] == 8001
@@ -275,14 +263,14 @@ fn a_watch_signals_the_app_when_an_instance_registers_or_goes_critical_and_not_o
         "the first answer is the baseline, not a change"
     );
 
-    register(&agent, "web", "web-2", 8002, "passing");
+    agent.register_instance("web", "web-2", 8002, "passing");
     app.await_hups(1, "a second instance registered");
 
     // Not changes of the passing set: a check's output, another service, a critical newcomer.
-    set_check(&agent, "web-1", "passing", "still fine");
-    register(&agent, "other", "other-1", 9000, "passing");
-    register(&agent, "web", "web-3", 8003, "critical");
-    set_check(&agent, "web-2", "critical", "down");
+    agent.set_instance_check("web-1", "passing", "still fine");
+    agent.register_instance("other", "other-1", 9000, "passing");
+    agent.register_instance("web", "web-3", 8003, "critical");
+    agent.set_instance_check("web-2", "critical", "down");
     app.await_hups(2, "an instance went critical");
     await_status(&app, "one passing instance", |s| {
         s["discovery"]["watches"][0]["value"]
@@ -296,23 +284,13 @@ fn a_watch_signals_the_app_when_an_instance_registers_or_goes_critical_and_not_o
 #[test]
 fn a_watch_resumes_after_the_agent_restarts() {
     let mut agent = DevAgent::start();
-    let app = App::start(
-        &[
-            "--watch",
-            "web",
-            "--on-change",
-            "signal:HUP",
-            "--consul-addr",
-            &agent.addr(),
-        ],
-        &[],
-    );
+    let app = hup_watch(&agent);
     wait_ready(&app.rec);
     await_status(&app, "the first answer", |s| {
         s["discovery"]["watches"][0]["value"].is_array()
     });
     agent.restart();
-    register(&agent, "web", "web-1", 8001, "passing");
+    agent.register_instance("web", "web-1", 8001, "passing");
     app.await_hups(1, "an instance registered with the restarted agent");
     await_status(&app, "the watch healthy again", |s| {
         s["discovery"]["watches"][0]["error"].is_null()
@@ -322,7 +300,7 @@ fn a_watch_resumes_after_the_agent_restarts() {
 #[test]
 fn on_change_exec_runs_a_program_without_a_shell_and_the_watch_file_is_replaced() {
     let agent = DevAgent::start();
-    register(&agent, "web", "web-1", 8001, "passing");
+    agent.register_instance("web", "web-1", 8001, "passing");
     let dir = tempdir("disc-exec");
     let out = dir.join("seen");
     let list = dir.join("upstreams.txt");
@@ -348,7 +326,7 @@ fn on_change_exec_runs_a_program_without_a_shell_and_the_watch_file_is_replaced(
     // With --watch-file the app starts once the file holds the first answer.
     wait_ready(&app.rec);
     assert_eq!(std::fs::read_to_string(&list).unwrap(), "127.0.0.1:8001\n");
-    register(&agent, "web", "web-2", 8002, "passing");
+    agent.register_instance("web", "web-2", 8002, "passing");
     let seen = wait_for(SOON, || std::fs::read_to_string(&out).ok())
         .expect("the on-change program never ran");
     assert_eq!(seen, "127.0.0.1:8001,127.0.0.1:8002\n");
@@ -374,17 +352,7 @@ fn health_is_1_during_a_crash_loop_and_its_backoff() {
         ],
         &[("MICROINIT_SOCKET", sock.to_str().unwrap())],
     );
-    let health = || {
-        let o = Command::new(bin())
-            .arg("health")
-            .env("MICROINIT_SOCKET", &sock)
-            .output()
-            .expect("health");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    };
+    let health = || health_at(&sock);
     // The first run is healthy until it fails; from its first crash on, the app is crash-looping.
     wait_for(SOON, || {
         let (_, line) = health();
@@ -567,17 +535,7 @@ fn an_app_is_ready_when_it_writes_a_line_to_its_notification_fd() {
         ],
         &[("MICROINIT_SOCKET", sock.to_str().unwrap())],
     );
-    let health = || {
-        let o = Command::new(bin())
-            .arg("health")
-            .env("MICROINIT_SOCKET", &sock)
-            .output()
-            .expect("health");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    };
+    let health = || health_at(&sock);
     let not_ready = wait_for(SOON, || {
         let (code, line) = health();
         (code == 1 && line.contains("not ready")).then_some(())

@@ -761,7 +761,8 @@ impl Worker {
     }
 }
 
-fn seed() -> u64 {
+/// A seed for jitter (xorshift): the clock and the pid, so containers started together differ.
+pub(crate) fn seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::Value;
@@ -21,6 +21,7 @@ use crate::config::discovery::{
     AgentConfig, DiscoveryConfig, ServiceQuery, WaitTarget, WatchTarget,
 };
 use crate::consul::client::{Client, Error};
+use crate::consul::registration::seed;
 use crate::init::probes;
 
 /// How long one blocking query may be held by the agent. Longer means fewer requests when nothing changes;
@@ -427,14 +428,6 @@ fn encode_key(s: &str) -> String {
     out
 }
 
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
-}
-
 /// `d` ± 25 %, so many watchers that lost the same agent do not come back in lock step.
 fn jittered(d: Duration, rng: &mut u64) -> Duration {
     // xorshift64: jitter only, no security needed.
@@ -537,31 +530,6 @@ mod agent_tests {
         }
     }
 
-    /// Register `id` of service `name` with a TTL check in `status`.
-    fn register(agent: &DevAgent, name: &str, id: &str, port: u16, status: &str) {
-        let def = serde_json::json!({
-            "Name": name, "ID": id, "Address": "127.0.0.1", "Port": port,
-            "Check": {"CheckID": format!("{id}-ttl"), "TTL": "1h", "Status": status},
-        });
-        let (st, body) = agent.request(
-            "PUT",
-            "/v1/agent/service/register",
-            None,
-            Some(&def.to_string()),
-        );
-        assert_eq!(st, 200, "register {id}: {body}");
-    }
-
-    fn set_check(agent: &DevAgent, id: &str, status: &str) {
-        let (st, body) = agent.request(
-            "PUT",
-            &format!("/v1/agent/check/update/{id}-ttl"),
-            None,
-            Some(&format!("{{\"Status\":\"{status}\"}}")),
-        );
-        assert_eq!(st, 200, "update {id}: {body}");
-    }
-
     /// The next event, waiting on the eventfd as the main loop does.
     fn next_event(u: &Upstreams, queue: &mut std::collections::VecDeque<Event>) -> Event {
         let deadline = Instant::now() + SOON;
@@ -604,8 +572,8 @@ mod agent_tests {
                 detail: "0 of 2 passing".into()
             }
         );
-        register(&agent, "db", "db-1", 5432, "passing");
-        register(&agent, "db", "db-2", 5433, "critical");
+        agent.register_instance("db", "db-1", 5432, "passing");
+        agent.register_instance("db", "db-2", 5433, "critical");
         assert_eq!(
             next_event(&u, &mut q),
             Event::Waiting {
@@ -613,7 +581,7 @@ mod agent_tests {
                 detail: "1 of 2 passing".into()
             }
         );
-        set_check(&agent, "db-2", "passing");
+        agent.set_instance_check("db-2", "passing", "");
         assert_eq!(next_event(&u, &mut q), Event::Up { target: 0 });
     }
 
@@ -623,11 +591,11 @@ mod agent_tests {
         let u = Upstreams::start(&config(&agent, &[], &["web"])).expect("start");
         let mut q = Default::default();
         assert_eq!(ports(&next_event(&u, &mut q)), Some(vec![]), "first answer");
-        register(&agent, "web", "web-1", 8001, "passing");
+        agent.register_instance("web", "web-1", 8001, "passing");
         assert_eq!(ports(&next_event(&u, &mut q)), Some(vec![8001]));
-        register(&agent, "web", "web-2", 8002, "passing");
+        agent.register_instance("web", "web-2", 8002, "passing");
         assert_eq!(ports(&next_event(&u, &mut q)), Some(vec![8001, 8002]));
-        set_check(&agent, "web-1", "critical");
+        agent.set_instance_check("web-1", "critical", "");
         assert_eq!(ports(&next_event(&u, &mut q)), Some(vec![8002]));
 
         agent.restart(); // a dev agent forgets every service
@@ -640,7 +608,7 @@ mod agent_tests {
         };
         assert!(saw_error, "the lost agent is reported");
         assert_eq!(after, Some(vec![]), "the restarted agent knows no instance");
-        register(&agent, "web", "web-3", 8003, "passing");
+        agent.register_instance("web", "web-3", 8003, "passing");
         assert_eq!(ports(&next_event(&u, &mut q)), Some(vec![8003]));
     }
 
