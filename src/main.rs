@@ -124,7 +124,8 @@ fn supervise(mut cfg: Config) -> i32 {
         let wanted = match cfg.policy.subreaper {
             Subreaper::Always | Subreaper::Requested(true) => true,
             Subreaper::Requested(false) => {
-                log::warn!("not running as PID 1 and not a child subreaper: orphaned zombies will not be reaped by this init (use -s or set TINI_SUBREAPER, or run it as PID 1)");
+                // Three lines, like tini's: scripts that filter this warning count on its shape.
+                log::warn!("not running as PID 1, and not registered as a child subreaper.\nOrphaned processes will be re-parented elsewhere, so their zombies are not reaped here.\nUse -s or set TINI_SUBREAPER to register as a subreaper, or run as PID 1.");
                 false
             }
             Subreaper::Never => false,
@@ -135,7 +136,7 @@ fn supervise(mut cfg: Config) -> i32 {
             log::warn!("not PID 1 and cannot become a child subreaper: zombies of the app will not be reaped");
         }
     }
-    let mut signals = match signals::Signals::open() {
+    let mut signals = match signals::Signals::open(cfg.policy.default_action) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("microinit: cannot open a signalfd: {e}");

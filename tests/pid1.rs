@@ -399,6 +399,13 @@ fn bad_input_is_reported_in_one_line_with_exit_2() {
 }
 
 #[test]
+fn an_empty_command_name_is_not_found_and_exits_127() {
+    let out = Command::new(bin()).arg("").output().unwrap();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
 fn restart_policy_backs_off_and_honours_max() {
     let d = tempdir("restart");
     let f = d.join("runs");

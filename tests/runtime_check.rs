@@ -255,6 +255,16 @@ fn finish(child: Child) -> Run {
     run
 }
 
+/// The C++ test app ran and printed its line.
+fn assert_app_said_hello(r: &Run) {
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "hello from c++"),
+        "{}",
+        r.all()
+    );
+}
+
 fn kinds(v: &Value, list: &str, kind: &str) -> Vec<Value> {
     v[list]
         .as_array()
@@ -269,12 +279,7 @@ fn kinds(v: &Value, list: &str, kind: &str) -> Vec<Value> {
 fn all_present_app_runs_and_check_reports_everything() {
     let img = Image::with_app("present");
     let r = img.run(&["--", "app"]);
-    assert_eq!(
-        (r.code, r.stdout.trim()),
-        (0, "hello from c++"),
-        "{}",
-        r.stderr
-    );
+    assert_app_said_hello(&r);
 
     let (code, v) = img.check_json(&["app"]);
     assert_eq!(code, 0);
@@ -340,8 +345,13 @@ fn node_from_the_volume_runs() {
 fn dangling_command_link() {
     let img = Image::new("dangling");
     img.glibc_links("app", APP_LIBS);
-    for args in [&["check", "app"][..], &["--", "app"]] {
-        let r = img.run(args);
+    // With the opt-in scan (flag, or its env twin), every link into the volume is checked, not only the app's.
+    let scan = [("MICROINIT_SCAN_RUNTIME_LINKS", "1")];
+    for (args, env) in [
+        (&["check", "--scan-runtime-links", "app"][..], &[][..]),
+        (&["--", "app"], &scan[..]),
+    ] {
+        let r = img.run_with(args, env, None);
         assert_eq!(r.code, 127, "{}", r.all());
         let lines = r.missing_lines();
         assert_eq!(
@@ -354,12 +364,18 @@ fn dangling_command_link() {
         )));
         assert!(
             r.all()
-                .contains("hint: the runtime is expected in /opt/files")
+                .contains("hint: the runtime volume is not mounted: /opt/files is empty")
                 && r.all().contains("--volumes-from"),
             "{}",
             r.all()
         );
     }
+    // Without it, the start costs what the app needs: its own chain only.
+    let r = img.run(&["--", "app"]);
+    assert_eq!(
+        r.missing_lines(),
+        ["microinit: runtime missing: /usr/bin/app -> /opt/files/app (no such file)"]
+    );
     let (_, v) = img.check_json(&["app"]);
     let m = &v["missing"][0];
     assert_eq!(
@@ -564,12 +580,17 @@ fn require_paths() {
 }
 
 #[test]
-fn runtime_dir_catches_an_unrelated_dangling_link() {
+fn the_opt_in_scan_catches_an_unrelated_dangling_link() {
     let img = Image::new("rtdir");
     img.link("/usr/bin/python3", "/opt/files/python3");
     img.link("/usr/local/bin/tool", "../../../opt/files/tool");
     img.link("/usr/bin/elsewhere", "/srv/nothing");
     let r = img.run(&["--", "true"]);
+    assert_eq!(
+        r.code, 0,
+        "no manifest and no --scan-runtime-links: only the app's chain is checked"
+    );
+    let r = img.run(&["--scan-runtime-links", "--", "true"]);
     assert_eq!(r.code, 127);
     let lines = r.missing_lines();
     assert!(
@@ -588,14 +609,24 @@ fn runtime_dir_catches_an_unrelated_dangling_link() {
     );
     // A dangling link that does not point into the runtime directory is not our business.
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let r = img.run(&["--runtime-dir", "/srv/runtime", "--", "true"]);
+    let r = img.run(&[
+        "--scan-runtime-links",
+        "--runtime-dir",
+        "/srv/runtime",
+        "--",
+        "true",
+    ]);
     assert_eq!(r.code, 0, "{}", r.all());
-    let r = img.run_with(&["check"], &[("MICROINIT_RUNTIME_DIR", "/srv")], None);
+    let r = img.run_with(
+        &["check", "--scan-runtime-links"],
+        &[("MICROINIT_RUNTIME_DIR", "/srv")],
+        None,
+    );
     assert_eq!(
         r.missing_lines(),
         ["microinit: runtime missing: /usr/bin/elsewhere -> /srv/nothing (no such file)"]
     );
-    let r = img.run(&["--no-runtime-check", "--", "true"]);
+    let r = img.run(&["--scan-runtime-links", "--no-runtime-check", "--", "true"]);
     assert_eq!(r.code, 0);
 }
 
@@ -615,12 +646,7 @@ fn wait_runtime_succeeds_when_the_volume_arrives_late() {
     );
     img.fill_volume("app", &programs().dir.join("app"), APP_LIBS, &[]);
     let r = finish(child);
-    assert_eq!(
-        (r.code, r.stdout.trim()),
-        (0, "hello from c++"),
-        "{}",
-        r.all()
-    );
+    assert_app_said_hello(&r);
 }
 
 #[test]
@@ -877,4 +903,252 @@ fn json_report_of_a_broken_image_is_complete() {
     drop(child.stdout.take());
     let r = finish(child);
     assert_eq!(r.code, 127);
+}
+
+/// Sets a directory's mtime: image layers carry old mtimes, and a link added later must change it.
+fn backdate(img: &Image, dirs: &[&str]) {
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for d in dirs {
+        fs::File::open(img.path(d))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+fn work(v: &Value, what: &str) -> u64 {
+    v["work"][what].as_u64().unwrap()
+}
+
+#[test]
+fn a_start_with_a_manifest_checks_only_its_links() {
+    let img = Image::with_app("manifest");
+    // A fat image: 2 000 entries in the standard directories that have nothing to do with the volume.
+    for i in 0..1000 {
+        img.link(&format!("/usr/bin/tool{i}"), "/bin/busybox");
+        img.write(&format!("/lib/data{i}"), b"x", 0o644);
+    }
+    backdate(&img, &["/bin", "/usr/bin", "/lib", "/lib64"]);
+    let r = img.run(&["check", "--write-manifest"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("note: wrote /etc/microinit/runtime-links: 6 links into /opt/files"),
+        "{}",
+        r.stdout
+    );
+
+    let (code, v) = img.check_json(&["true"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["links"]["source"], "manifest", "{v:#}");
+    assert_eq!(v["links"]["checked"], 6);
+    // The links and the app's chain, not the image: no directory read, a handful of readlinks.
+    assert_eq!(work(&v, "getdents"), 0, "{v:#}");
+    assert!(work(&v, "readlink") <= 6 + 4, "{v:#}");
+    assert!(work(&v, "lstat") < 60, "{v:#}");
+    let (_, scanned) =
+        img.check_json(&["--scan-runtime-links", "--links-manifest", "/none", "true"]);
+    assert!(
+        work(&scanned, "readlink") >= 1000,
+        "the scan reads every link: {scanned:#}"
+    );
+
+    // A link the manifest does not know changes its directory: the manifest is out of date, the start
+    // scans, and the new dangling link is caught.
+    img.link("/usr/bin/late", "/opt/files/late");
+    let (code, v) = img.check_json(&["true"]);
+    assert_eq!(code, 127, "{v:#}");
+    assert_eq!(v["links"]["source"], "scan");
+    assert_eq!(v["missing"][0]["path"], "/usr/bin/late", "{v:#}");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("/usr/bin changed after it was written"),
+        "{v:#}"
+    );
+    // Once the link is gone and the directory is as recorded again, the manifest holds and the app starts.
+    img.remove("/usr/bin/late");
+    backdate(&img, &["/usr/bin"]);
+    let r = img.run(&["--", "app"]);
+    assert_app_said_hello(&r);
+}
+
+#[test]
+fn the_build_time_check_catches_a_link_the_volume_does_not_provide() {
+    // As at `docker build`: the links are in the image, the volume is not mounted, its manifest (filebox's
+    // symlinks.txt) is; it lacks libstdc++.
+    let img = Image::new("buildcheck");
+    img.glibc_links("app", APP_LIBS);
+    fs::remove_dir(img.path("/opt/files")).unwrap();
+    let mut list =
+        format!("/usr/bin/app -> /opt/files/app\n/lib64/{LD_SO} -> /opt/files/{LD_SO}\n");
+    for lib in APP_LIBS.iter().filter(|l| **l != "libstdc++.so.6") {
+        list.push_str(&format!("/lib/{lib} -> /opt/files/{lib}\n"));
+    }
+    img.write("/etc/microinit/volume-links.txt", list.as_bytes(), 0o644);
+    let r = img.run(&["check", "--write-manifest"]);
+    assert_eq!(r.code, 127, "{}", r.all());
+    assert_eq!(
+        r.missing_lines(),
+        ["microinit: runtime missing: /lib/libstdc++.so.6 -> /opt/files/libstdc++.so.6 (no such file)"]
+    );
+    assert!(
+        r.all().contains("points at nothing the volume provides"),
+        "{}",
+        r.all()
+    );
+    assert!(!img.path("/etc/microinit/runtime-links").exists());
+
+    // The volume's manifest lists it: the build passes and writes the links manifest.
+    list.push_str("/lib/libstdc++.so.6 -> /opt/files/libstdc++.so.6\n");
+    img.write("/etc/microinit/volume-links.txt", list.as_bytes(), 0o644);
+    let r = img.run_with(&["check"], &[("MICROINIT_WRITE_MANIFEST", "1")], None);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let manifest = fs::read_to_string(img.path("/etc/microinit/runtime-links")).unwrap();
+    assert!(
+        manifest.contains("link /lib/libstdc++.so.6\n"),
+        "{manifest}"
+    );
+
+    // A container started without the volume fails: the volume's manifest never stands in for it at start.
+    let r = img.run(&["--", "app"]);
+    assert_eq!(r.code, 127, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("the runtime volume is not mounted: /opt/files is missing"),
+        "{}",
+        r.all()
+    );
+    // At run time the volume is mounted: the real files are checked, the app runs.
+    img.fill_volume("app", &programs().dir.join("app"), APP_LIBS, &[]);
+    let r = img.run(&["--", "app"]);
+    assert_app_said_hello(&r);
+}
+
+#[test]
+fn the_hint_names_the_missing_link_when_the_volume_is_mounted() {
+    let img = Image::with_app("hintlink");
+    img.remove("/lib/libstdc++.so.6");
+    let r = img.run(&["--", "app"]);
+    assert_eq!(r.code, 127);
+    // /lib64 is the first directory the loader searches that the image has.
+    assert!(
+        r.stderr.contains(
+            "hint: the volume has libstdc++.so.6 at /opt/files/libstdc++.so.6, but the image has no link where \
+             the loader looks: add the link /lib64/libstdc++.so.6 -> /opt/files/libstdc++.so.6 to the image"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("the runtime volume is mounted at /opt/files"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("--volumes-from"), "{}", r.stderr);
+}
+
+/// Runs `microinit ARGS` in the image and asserts it ends within 5 s (generous: the work is bounded).
+fn bounded(img: &Image, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let r = img.run(args);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{args:?} took {:?}:\n{}",
+        started.elapsed(),
+        r.all()
+    );
+    r
+}
+
+fn mkfifo(img: &Image, p: &str) {
+    let c = std::ffi::CString::new(img.path(p).into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+#[test]
+fn a_fifo_as_ld_so_cache_or_musl_path_file_does_not_hang_the_check() {
+    let img = image_without_libstdcxx("fifo");
+    img.remove("/lib/libstdc++.so.6");
+    mkfifo(&img, "/etc/ld.so.cache");
+    let r = bounded(&img, &["check", "app"]);
+    assert_eq!(r.code, 127);
+    assert!(
+        r.stdout
+            .contains("note: ignored /etc/ld.so.cache: not a regular file"),
+        "{}",
+        r.stdout
+    );
+
+    let img = Image::new("fifomusl");
+    img.copy_in(&programs().dir.join("hello-musl"), "/usr/bin/hello");
+    img.copy_in(
+        Path::new("/usr/lib/x86_64-linux-musl/libc.so"),
+        "/lib/ld-musl-x86_64.so.1",
+    );
+    mkfifo(&img, "/etc/ld-musl-x86_64.path");
+    let r = bounded(&img, &["check", "hello"]);
+    assert!(
+        r.stdout
+            .contains("note: ignored /etc/ld-musl-x86_64.path: not a regular file"),
+        "{}",
+        r.all()
+    );
+}
+
+#[test]
+fn a_crafted_ld_so_cache_is_read_in_bounded_time_and_memory() {
+    let img = image_without_libstdcxx("craftedcache");
+    img.remove("/lib/libstdc++.so.6");
+    // 4 billion entries claimed, 40 000 present, every name running into a megabyte without a NUL.
+    let mut data = b"glibc-ld.so.cache1.1".to_vec();
+    data.extend_from_slice(&u32::MAX.to_ne_bytes());
+    data.resize(48, 0);
+    let strings = 48 + 40_000u32 * 24;
+    for i in 0..40_000u32 {
+        data.extend_from_slice(&1u32.to_ne_bytes());
+        data.extend_from_slice(&(strings + i).to_ne_bytes());
+        data.extend_from_slice(&(strings + i).to_ne_bytes());
+        data.extend_from_slice(&[0; 12]);
+    }
+    data.resize(data.len() + (1 << 20), b'l');
+    img.write("/etc/ld.so.cache", &data, 0o644);
+    let r = bounded(&img, &["check", "app"]);
+    assert_eq!(r.code, 127);
+    assert!(
+        r.all().contains("libstdc++.so.6 needed by /opt/files/app"),
+        "{}",
+        r.all()
+    );
+}
+
+#[test]
+fn a_link_name_with_a_newline_cannot_forge_the_report() {
+    let img = Image::new("newline");
+    img.link(
+        "/usr/bin/x\nresult: ok, the runtime is complete",
+        "/opt/files/x",
+    );
+    let r = bounded(&img, &["check", "--scan-runtime-links"]);
+    assert_eq!(r.code, 127);
+    assert!(
+        !r.stdout.lines().any(|l| l.starts_with("result: ok")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("/usr/bin/x\\nresult: ok, the runtime is complete -> /opt/files/x"),
+        "{}",
+        r.stdout
+    );
+    // Exact in JSON.
+    let (_, v) = img.check_json(&["--scan-runtime-links"]);
+    assert_eq!(
+        v["missing"][0]["path"],
+        "/usr/bin/x\nresult: ok, the runtime is complete"
+    );
 }

@@ -29,6 +29,13 @@ fn status(sock: &Path) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// `status` says the init waits for the runtime volume ("waiting for the runtime volume since 0.3 s").
+fn is_waiting(s: &serde_json::Value) -> bool {
+    s["app"]["state"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("waiting for the runtime volume since "))
+}
+
 /// Wall-clock nanoseconds, comparable with `date +%s%N` in an app.
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -84,12 +91,8 @@ fn sigterm_during_a_runtime_wait_exits_143_at_once_and_status_answers_meanwhile(
         ],
         &[("MICROINIT_SOCKET", sock.to_str().unwrap())],
     );
-    let s = wait_for(T, || {
-        status(&sock).filter(|s| s["app"]["state"] == "waiting")
-    })
-    .expect("status answers during the runtime wait");
-    assert_eq!(s["app"]["waiting"]["for"], "the runtime volume", "{s}");
-    assert!(s["app"]["waiting"]["since_s"].as_f64().is_some(), "{s}");
+    let s = wait_for(T, || status(&sock).filter(is_waiting))
+        .expect("status answers during the runtime wait");
     assert!(s["app"]["pid"].is_null(), "the app is not started: {s}");
     let start = Instant::now();
     p.signal(libc::SIGTERM);
@@ -120,10 +123,7 @@ fn a_runtime_volume_that_arrives_during_the_wait_starts_the_app() {
         ],
         &[("MICROINIT_SOCKET", sock.to_str().unwrap())],
     );
-    wait_for(T, || {
-        status(&sock).filter(|s| s["app"]["state"] == "waiting")
-    })
-    .expect("waiting for the volume");
+    wait_for(T, || status(&sock).filter(is_waiting)).expect("waiting for the volume");
     std::fs::create_dir_all(needed.parent().unwrap()).unwrap();
     std::fs::write(&needed, "").unwrap();
     let (st, err) = p.wait(T);

@@ -129,10 +129,7 @@ pub fn env_options(
     for key in keys {
         if let Some(v) = env(key) {
             let v = v.into_string().map_err(|raw| {
-                format!(
-                    "{key}: the value is not valid UTF-8 ({}); set it to text or unset it",
-                    crate::config::escape(&raw.to_string_lossy())
-                )
+                format!("{key}: the value {raw:?} is not valid UTF-8; set it to text or unset it")
             })?;
             opts.set(key, vec![v]);
         }

@@ -23,7 +23,7 @@ pub fn dumb_init_rewrite_usage() -> String {
 
 pub const LICENSE: &str = "microinit is MIT licensed. It reimplements tini's command line; tini is MIT licensed, Copyright (c) 2015 Thomas Orozco.\n";
 
-pub const CHECK_HELP: &str = "usage: microinit check [--json] [OPTIONS] [CMD [ARGS...]]\n\nRuns only the runtime check and prints what was resolved and what is missing.\nExit 0 when everything is there, 127 when something is missing.\n";
+pub const CHECK_HELP: &str = "usage: microinit check [--json] [--write-manifest] [--volume-manifest FILE] [OPTIONS] [CMD [ARGS...]]\n\nRuns only the runtime check and prints what was resolved and what is missing.\nWith --write-manifest it scans the standard directories and, when every link resolves (against the\nvolume's manifest when the runtime dir is absent, as at `docker build`), writes the links manifest.\nExit 0 when everything is there, 127 when something is missing, 1 when the manifest cannot be written.\n";
 
 pub fn help(d: Dialect) -> String {
     let name = dialect::name(d);
@@ -34,7 +34,7 @@ pub fn help(d: Dialect) -> String {
     );
     if d == Dialect::Microinit {
         out.push_str(
-            "       microinit check [--json] [OPTIONS] [CMD...]   runtime check only\n\
+            "       microinit check [--json] [--write-manifest] [OPTIONS] [CMD...]   runtime check only\n\
              \x20      microinit status [--json] | signal SIG | restart | maintenance on|off [--reason TEXT]\n\
              \x20      microinit health                                exit 0 when the app is running and ready, else 1\n\
              \x20      microinit exec [OPTIONS] -- CMD [ARGS...]     run CMD as a child subreaper\n",

@@ -164,7 +164,8 @@ fn parse_check(
     args: &[OsString],
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Action, UsageError> {
-    let mut opts = env_options(env)?;
+    let mut opts =
+        flags::env_options(&[MICROINIT, CHECK], EXTRA_ENV, env).map_err(UsageError::microinit)?;
     let Some(command) = parse_microinit(args, &[MICROINIT, CHECK], &mut opts)? else {
         return Ok(Action::Print {
             text: help::CHECK_HELP.into(),
@@ -174,6 +175,15 @@ fn parse_check(
     let mut runtime = options::runtime_config(&opts)?;
     // An explicit `check` always checks, whatever MICROINIT_NO_RUNTIME_CHECK says.
     runtime.enabled = true;
+    runtime.write_manifest = opts.flag("MICROINIT_WRITE_MANIFEST");
+    // The volume's manifest stands in for an absent volume only when building the image: with
+    // --write-manifest (at its default place) or when named.
+    runtime.volume_manifest = opts
+        .get("MICROINIT_VOLUME_MANIFEST")
+        .or(runtime
+            .write_manifest
+            .then_some("/etc/microinit/volume-links.txt"))
+        .map(PathBuf::from);
     Ok(Action::Check {
         json: opts.is_set("check --json"),
         command,

@@ -36,6 +36,8 @@ pub const MICROINIT: &[Spec] = &[
     spec("require", None, "MICROINIT_REQUIRE", Repeat, "PATH", "A path that must exist before the app starts. Repeatable; env: colon list.", Runtime),
     spec("wait-runtime", None, "MICROINIT_WAIT_RUNTIME", Value, "DURATION", "Wait up to this long for a late runtime volume before failing.", Runtime),
     spec("no-runtime-check", None, "MICROINIT_NO_RUNTIME_CHECK", Flag, "", "Skip the runtime check.", General),
+    spec("links-manifest", None, "MICROINIT_LINKS_MANIFEST", Value, "FILE", "The image's list of links into the runtime dir, checked at start instead of a scan (default /etc/microinit/runtime-links; written by `microinit check --write-manifest`).", Runtime),
+    spec("scan-runtime-links", None, "MICROINIT_SCAN_RUNTIME_LINKS", Flag, "", "Without a manifest, scan the standard directories for links into the runtime dir at every start (costs what the image holds).", Runtime),
     spec("socket", None, "MICROINIT_SOCKET", Value, "PATH", "Control socket for `microinit status` & co (default /run/microinit.sock).", Control),
     spec("service-name", None, "MICROINIT_SERVICE_NAME", Value, "NAME", "Register the app in Consul under NAME (turns registration on).", Consul),
     spec("service-id", None, "MICROINIT_SERVICE_ID", Value, "ID", "Consul service id (default NAME-HOSTNAME[-CONTAINER][-PORT], unique per replica).", Consul),
@@ -67,16 +69,13 @@ pub const MICROINIT: &[Spec] = &[
     spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent.", Consul),
     spec("consul-required", None, "MICROINIT_CONSUL_REQUIRED", Flag, "", "Make any registration failure fatal (exit 125) instead of logged.", Consul),
 ];
-/// `microinit check --json`.
-pub const CHECK: &[Spec] = &[spec(
-    "json",
-    None,
-    "check --json",
-    Flag,
-    "",
-    "Print the report as JSON.",
-    General,
-)];
+/// `microinit check` only.
+#[rustfmt::skip]
+pub const CHECK: &[Spec] = &[
+    spec("json", None, "check --json", Flag, "", "Print the report as JSON.", General),
+    spec("write-manifest", None, "MICROINIT_WRITE_MANIFEST", Flag, "", "Scan, and write the links manifest when the check passes (a Dockerfile RUN step).", General),
+    spec("volume-manifest", None, "MICROINIT_VOLUME_MANIFEST", Value, "FILE", "The volume's list of files (filebox's symlinks.txt; default with --write-manifest /etc/microinit/volume-links.txt), used when the runtime dir is absent or empty, as at `docker build`.", General),
+];
 
 pub const DEFAULT_SOCKET: &str = "/run/microinit.sock";
 const DEFAULT_GRACE: Duration = Duration::from_secs(8);
@@ -226,6 +225,8 @@ pub fn build_config(
             "MICROINIT_RUNTIME_DIR",
             "MICROINIT_REQUIRE",
             "MICROINIT_WAIT_RUNTIME",
+            "MICROINIT_LINKS_MANIFEST",
+            "MICROINIT_SCAN_RUNTIME_LINKS",
         ]
         .iter()
         .any(|k| opts.is_set(k))
@@ -311,5 +312,12 @@ pub fn runtime_config(opts: &Options) -> Result<RuntimeCheckConfig, UsageError> 
         require,
         wait,
         root: PathBuf::from("/"),
+        links_manifest: PathBuf::from(
+            opts.get("MICROINIT_LINKS_MANIFEST")
+                .unwrap_or("/etc/microinit/runtime-links"),
+        ),
+        scan_links: opts.flag("MICROINIT_SCAN_RUNTIME_LINKS"),
+        volume_manifest: None,
+        write_manifest: false,
     })
 }

@@ -132,6 +132,15 @@ pub struct RuntimeCheckConfig {
     pub wait: Option<Duration>,
     /// Filesystem root the check resolves paths against ("/" in production; tests may point elsewhere).
     pub root: PathBuf,
+    /// The image's manifest of links into the runtime dir (`check --write-manifest` writes it).
+    pub links_manifest: PathBuf,
+    /// Without a valid manifest, scan the standard directories for links into the runtime dir.
+    pub scan_links: bool,
+    /// `microinit check` only: the volume's own list of files (filebox's symlinks.txt), used when the runtime
+    /// dir is absent or empty, as at `docker build`. Never at start: a container must have the real volume.
+    pub volume_manifest: Option<PathBuf>,
+    /// `microinit check --write-manifest`: scan, and write the links manifest when the check passes.
+    pub write_manifest: bool,
 }
 
 /// A secret (Consul token). Never printed: Debug and Display redact it.

@@ -42,6 +42,12 @@ pub struct Limits {
     /// Connections accepted per wakeup, whether they stay or hang up at once: a process that connects and
     /// closes in a loop must not keep PID 1 accepting while a SIGTERM waits in the signalfd.
     pub accepts_per_wakeup: usize,
+    /// After a wakeup that used up `accepts_per_wakeup` with more connections waiting, the listener rests
+    /// this long. Without it, PID 1 under connect/close churn never sleeps: the scheduler then treats it as
+    /// a CPU hog, and a SIGTERM waits for PID 1's next turn on the CPU (measured: ~10 ms on a loaded 2-core
+    /// machine). Resting, PID 1 is a sleeper that a signal wakes at once; the churn fills the backlog and
+    /// gets EAGAIN, which raises no SIGIO.
+    pub accept_pause: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +58,7 @@ impl Default for Limits {
             answer_timeout: Duration::from_secs(4),
             max_clients: 8,
             accepts_per_wakeup: 8,
+            accept_pause: Duration::from_millis(5),
         }
     }
 }
@@ -107,6 +114,8 @@ pub struct ControlServer {
     /// signalfd (`on_sigio`), or accepting stopped before accept(2) said EAGAIN. Cleared only by that EAGAIN,
     /// so the loop never sleeps in read(2) on the signalfd while a client waits unseen.
     accept_due: bool,
+    /// The listener rests until then (`Limits::accept_pause`): not polled, not accepted from.
+    accept_paused_until: Option<Instant>,
 }
 
 impl ControlServer {
@@ -161,6 +170,7 @@ impl ControlServer {
             signals_connect: false,
             // A client may have connected between bind and `signal_on_connect`: look once.
             accept_due: true,
+            accept_paused_until: None,
         })
     }
 
@@ -213,7 +223,7 @@ impl ControlServer {
             events,
             revents: 0,
         };
-        if self.clients.len() < self.limits.max_clients {
+        if self.clients.len() < self.limits.max_clients && self.accept_paused_until.is_none() {
             fds.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
         }
         for c in &self.clients {
@@ -225,9 +235,13 @@ impl ControlServer {
         }
     }
 
-    /// The earliest client time limit, so the loop wakes up to enforce it.
+    /// The earliest client time limit or end of a rest, so the loop wakes up for it.
     pub fn deadline(&self) -> Option<Instant> {
-        self.clients.iter().map(|c| c.deadline).min()
+        self.clients
+            .iter()
+            .map(|c| c.deadline)
+            .chain(self.accept_paused_until)
+            .min()
     }
 
     /// Serve the fds `polled` reports ready (other entries are ignored; any revents counts: HUP and ERR are
@@ -241,7 +255,12 @@ impl ControlServer {
         self.clients.retain_mut(|c| {
             !ready(c.stream.as_raw_fd()) || c.advance(&limits, &mut incoming) == Next::Keep
         });
-        if self.accept_due || ready(self.listener.as_raw_fd()) {
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+        }
+        if (self.accept_due || ready(self.listener.as_raw_fd()))
+            && self.accept_paused_until.is_none()
+        {
             self.accept(now, &mut incoming);
         }
         incoming
@@ -309,8 +328,10 @@ impl ControlServer {
                     return;
                 }
                 Err(e) => {
-                    // EMFILE and friends: leave the connection queued, the next wakeup retries.
+                    // EMFILE and friends: leave the connection queued, retry after a rest (the listener
+                    // stays readable: polling it now would spin).
                     log::warn!("control socket: accept failed: {e}");
+                    self.accept_paused_until = Some(now + self.limits.accept_pause);
                     return;
                 }
             };
@@ -340,6 +361,8 @@ impl ControlServer {
                 self.clients.push(client);
             }
         }
+        // The budget is spent and more may wait: a flood, not a client.
+        self.accept_paused_until = Some(now + self.limits.accept_pause);
     }
 
     fn check_peer(&self, stream: &UnixStream) -> Result<(), String> {
@@ -835,9 +858,11 @@ mod tests {
     }
 
     #[test]
-    fn connections_that_hang_up_at_once_count_against_the_accepts_per_wakeup() {
+    fn connections_that_hang_up_at_once_count_against_the_accepts_per_wakeup_and_a_flood_rests_the_listener(
+    ) {
         let dir = TempDir::new("churn");
         let mut server = ControlServer::bind_with(&dir.sock(), Limits::default()).expect("bind");
+        let listener = server.listener.as_raw_fd();
         assert!(server.serve(&[], Instant::now()).is_empty());
         for _ in 0..20 {
             drop(UnixStream::connect(dir.sock()).expect("connect"));
@@ -845,13 +870,28 @@ mod tests {
         server.on_sigio();
         let mut wakeups = 0;
         while server.accept_due {
-            assert!(server.serve(&[], Instant::now()).is_empty());
+            let now = Instant::now();
+            assert!(server.serve(&[], now).is_empty());
             assert!(server.clients.is_empty(), "a hung-up client is not kept");
             wakeups += 1;
             assert!(wakeups < 10, "accepting never ends");
+            if !server.accept_due {
+                break;
+            }
+            // A full budget with more waiting: the listener rests, not polled, and nothing is accepted
+            // (the backlog keeps the rest) until the loop wakes at the end of the rest.
+            let rest = server.deadline().expect("a wakeup at the end of the rest");
+            assert_eq!(rest, now + Limits::default().accept_pause);
+            assert!(server.poll_fds_for_test().iter().all(|p| p.fd != listener));
+            server.on_sigio();
+            assert!(server.serve(&[], Instant::now()).is_empty());
+            assert_eq!(server.deadline(), Some(rest), "still resting");
+            std::thread::sleep(rest.saturating_duration_since(Instant::now()));
         }
         // 8 + 8 + 4: each wakeup returns to the loop (and its signals) after 8 connections.
         assert_eq!(wakeups, 3);
+        assert_eq!(server.deadline(), None, "no rest once the backlog is empty");
+        assert!(server.poll_fds_for_test().iter().any(|p| p.fd == listener));
     }
 
     #[test]

@@ -229,6 +229,7 @@ impl EventLoop {
                 self.reap();
             }
             if let Some(code) = self.exit_code {
+                log::trace!("exiting with {code}");
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
                 }
@@ -403,11 +404,11 @@ impl EventLoop {
         }
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n <= 0 {
-            // Timeout or EINTR (cannot happen with every signal blocked, but harmless). A control client past
-            // its time limit is dropped by on_timers.
-            return;
+        if n < 0 {
+            return; // EINTR: cannot happen with every signal blocked, but harmless
         }
+        // On a timeout (n == 0) nothing is ready, but the control server still has its turn: the end of a
+        // rest of its listener is one of the loop's deadlines.
         let ready = |fd: RawFd| fds.iter().any(|p| p.fd == fd && p.revents != 0);
         if ready(self.signals.raw_fd()) {
             // One batch: the rest (a storm) waits for the next turn, after the other fds had theirs.

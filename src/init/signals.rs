@@ -146,8 +146,16 @@ pub struct Signals {
 }
 
 /// signalfd4 over every signal.
-fn open_signalfd(flags: libc::c_int) -> nix::Result<OwnedFd> {
-    let set = every_signal();
+fn open_signalfd(flags: libc::c_int, except: &[i32]) -> nix::Result<OwnedFd> {
+    let mut set = every_signal();
+    // A signal left at its default action must stay out: a signalfd read would dequeue it before the
+    // kernel could act on it.
+    for s in except
+        .iter()
+        .filter_map(|s| nix::sys::signal::Signal::try_from(*s).ok())
+    {
+        set.remove(s);
+    }
     // The raw syscall: musl's signalfd() wrapper drops 32-34 from the mask, so they would stay pending
     // unread (and unforwarded) forever.
     // SAFETY: set points to a valid sigset_t of at least 8 bytes; the result is checked.
@@ -218,10 +226,11 @@ impl Batch {
 }
 
 impl Signals {
-    pub fn open() -> nix::Result<Signals> {
+    /// Over every signal but `except` (those left at their default action, see `leave_at_default`).
+    pub fn open(except: &[i32]) -> nix::Result<Signals> {
         Ok(Signals {
-            fd: open_signalfd(libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)?,
-            wait_fd: open_signalfd(libc::SFD_CLOEXEC)?,
+            fd: open_signalfd(libc::SFD_NONBLOCK | libc::SFD_CLOEXEC, except)?,
+            wait_fd: open_signalfd(libc::SFD_CLOEXEC, except)?,
         })
     }
 
@@ -299,7 +308,7 @@ mod tests {
         // their default dispositions, and a signalfd also reads its own thread's pending signals.
         std::thread::spawn(|| {
             block_all().expect("block");
-            let mut signals = Signals::open().expect("signalfd");
+            let mut signals = Signals::open(&[]).expect("signalfd");
             let tgkill = |sig: i32| {
                 // SAFETY: signals this very thread, which blocks every signal.
                 let r =

@@ -311,5 +311,7 @@ fn stat_ppid(pid: i32) -> Option<i32> {
 
 /// True when fd 0 is a terminal.
 pub fn stdin_is_tty() -> bool {
-    nix::unistd::isatty(std::io::stdin().as_raw_fd()).unwrap_or(false)
+    // Not std::io::stdin(): that sets up a 28 KiB buffered reader (an mmap PID 1 keeps) just to get fd 0.
+    // SAFETY: isatty only reads the fd's state.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
 }

@@ -1,16 +1,26 @@
 //! Links into the runtime directory from the standard directories, and `--require` paths.
 //!
-//! Owns: the link scan, `--require`.
-//! Does not own: resolving one path (`resolve`).
+//! Owns: which links are checked (the manifest's when it is valid, else a scan when asked or when the
+//! manifest is out of date), the scan itself, `--require`.
+//! Does not own: resolving one path (`resolve`), the manifest's format (`manifest`).
+//!
+//! The scan reads each directory with getdents64 into one buffer and readlinkat(2)s only entries of type
+//! link: no allocation and no path building per entry; only a link whose target can point into the runtime
+//! directory becomes a path.
 
 use std::collections::HashSet;
-use std::fs;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::files::read_dir_raw;
+use super::manifest::ManifestOut;
 use super::report::Kind;
 use super::resolve::normalize;
-use super::{Checker, MAX_DIR_ENTRIES, SCAN_DIRS};
+use super::{Checker, MAX_SCAN_ENTRIES, SCAN_DIRS};
+
+/// At most this many multiarch directories (/usr/lib/x86_64-linux-gnu …) per base directory.
+const MAX_MULTIARCH: usize = 64;
 
 impl Checker<'_> {
     pub(super) fn require(&mut self, p: &Path) {
@@ -20,25 +30,89 @@ impl Checker<'_> {
         }
     }
 
-    /// Every symlink in the standard directories that points into the runtime directory must resolve.
-    pub(super) fn scan_runtime_links(&mut self) {
+    /// The image-wide guarantee, "every link into the runtime directory resolves", at the cost of the links:
+    /// the manifest written at image build time lists them. Without one, the standard directories are
+    /// scanned only when asked (`--scan-runtime-links`), since the scan costs what the image holds.
+    pub(super) fn runtime_links(&mut self) {
+        if self.cfg.write_manifest {
+            self.report.links_source = "scan";
+            self.manifest_out = Some(self.scan());
+            return;
+        }
+        let file = self.cfg.links_manifest.clone();
+        let why = match self.read_manifest(&file) {
+            Ok(Some(m)) => match self.stale(&m) {
+                None => {
+                    self.report.links_source = "manifest";
+                    for link in m.links() {
+                        self.check_link(link);
+                    }
+                    return;
+                }
+                Some(why) => why,
+            },
+            Ok(None) if self.cfg.scan_links => {
+                self.report.links_source = "scan";
+                self.scan();
+                return;
+            }
+            Ok(None) => return,
+            Err(why) => why,
+        };
+        let note = format!(
+            "links manifest {}: {why}; scanned the standard directories instead",
+            file.display()
+        );
+        log::info!("runtime check: {note}");
+        self.report.notes.push(note);
+        self.report.links_source = "scan";
+        self.scan();
+    }
+
+    pub(super) fn check_link(&mut self, link: &Path) {
+        if self.report.is_missing(link) {
+            return;
+        }
+        self.report.links_checked += 1;
+        match self.resolve(link) {
+            Ok(c) => self.report.add_resolved(Kind::Symlink, link, &c.real, None),
+            Err(u) => self.missing(Kind::Symlink, link, None, u),
+        }
+    }
+
+    /// Every link in the standard directories (and the multiarch ones) that points into the runtime
+    /// directory is checked. Returns what a manifest records: the directories with their mtimes, the links.
+    pub(super) fn scan(&mut self) -> ManifestOut {
         let runtime = normalize(&self.absolute(&self.cfg.runtime_dir));
+        // A target can only lead into the runtime directory if it names the directory's last component,
+        // unless the directory scanned lies under it: a byte search, before any path is built.
+        let needle = runtime
+            .file_name()
+            .map_or(&[][..], |n| n.as_bytes())
+            .to_vec();
+        let mut buf = vec![0u8; 32 << 10];
         let mut dirs: Vec<PathBuf> = SCAN_DIRS.iter().map(PathBuf::from).collect();
-        // Multiarch directories (/usr/lib/x86_64-linux-gnu and the like).
         for base in ["/lib", "/usr/lib"] {
             let Ok(canon) = self.resolve(Path::new(base)) else {
                 continue;
             };
-            if let Ok(entries) = fs::read_dir(self.host(&canon.real)) {
-                for e in entries.flatten().take(MAX_DIR_ENTRIES) {
-                    if e.file_name().as_bytes().windows(7).any(|w| w == b"-linux-") {
-                        dirs.push(Path::new(base).join(e.file_name()));
-                    }
+            let mut found = Vec::new();
+            let calls = read_dir_raw(&self.host(&canon.real), &mut buf, |_, name, _| {
+                if name.to_bytes().windows(7).any(|w| w == b"-linux-") {
+                    found.push(Path::new(base).join(OsStr::from_bytes(name.to_bytes())));
                 }
-            }
+                found.len() < MAX_MULTIARCH
+            });
+            self.count(|w| w.getdents += calls.unwrap_or(0));
+            found.sort();
+            dirs.extend(found);
         }
+        let mut out = ManifestOut::default();
         let mut seen = HashSet::new();
+        let mut left = MAX_SCAN_ENTRIES;
+        let mut target = vec![0u8; libc::PATH_MAX as usize];
         for dir in dirs {
+            out.dirs.push((dir.clone(), self.mtime(&dir)));
             // /bin is often a link to usr/bin: scan each real directory once, under its first name.
             let Ok(canon) = self.resolve(&dir) else {
                 continue;
@@ -46,30 +120,58 @@ impl Checker<'_> {
             if !seen.insert(canon.real.clone()) {
                 continue;
             }
-            let Ok(entries) = fs::read_dir(self.host(&canon.real)) else {
-                continue;
-            };
-            for entry in entries.flatten().take(MAX_DIR_ENTRIES) {
-                if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                    continue;
+            let real = canon.real;
+            let under = needle.is_empty()
+                || real
+                    .components()
+                    .any(|c| c.as_os_str().as_bytes() == needle);
+            let (mut readlinks, mut stopped) = (0u32, false);
+            let mut links = Vec::new();
+            let calls = read_dir_raw(&self.host(&real), &mut buf, |fd, name, d_type| {
+                if left == 0 {
+                    stopped = true;
+                    return false;
                 }
-                let Ok(target) = fs::read_link(entry.path()) else {
-                    continue;
+                left -= 1;
+                if d_type != libc::DT_LNK && d_type != libc::DT_UNKNOWN {
+                    return true;
+                }
+                readlinks += 1;
+                // SAFETY: fd is the open directory, name is NUL-terminated, target is writable for its
+                // length; readlinkat does not NUL-terminate, the length it returns is used.
+                let n = unsafe {
+                    libc::readlinkat(fd, name.as_ptr(), target.as_mut_ptr().cast(), target.len())
                 };
-                if !normalize(&canon.real.join(&target)).starts_with(&runtime) {
-                    continue;
+                let Ok(n) = usize::try_from(n) else {
+                    return true;
+                };
+                let t = &target[..n];
+                if !under && !t.windows(needle.len()).any(|w| w == needle) {
+                    return true;
                 }
-                let link = dir.join(entry.file_name());
-                if self.report.missing.iter().any(|m| m.path == link) {
-                    continue;
+                // An absolute target replaces the directory in join().
+                if normalize(&real.join(OsStr::from_bytes(t))).starts_with(&runtime) {
+                    links.push(dir.join(OsStr::from_bytes(name.to_bytes())));
                 }
-                match self.resolve(&link) {
-                    Ok(c) => self
-                        .report
-                        .add_resolved(Kind::Symlink, &link, &c.real, None),
-                    Err(u) => self.missing(Kind::Symlink, &link, None, u),
-                }
+                true
+            });
+            self.count(|w| {
+                w.getdents += calls.unwrap_or(0);
+                w.readlink += readlinks;
+            });
+            for link in links {
+                self.check_link(&link);
+                out.links.push(link);
+            }
+            if stopped {
+                self.capped(format!(
+                    "the link scan stopped after {MAX_SCAN_ENTRIES} directory entries (in {}): links after \
+                     that were not checked",
+                    dir.display()
+                ));
+                break;
             }
         }
+        out
     }
 }

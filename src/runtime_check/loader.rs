@@ -5,7 +5,7 @@
 //! Owns: search order per loader, ld.so.cache parsing, musl's reserved names.
 //! Does not own: reading ELF files (`elf`), resolving paths (`resolve`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use super::files::read_small;
 use super::program::Content;
 use super::report::{join_paths, Kind, Missing};
 use super::resolve::Unresolved;
-use super::{Checker, LD_CACHE, MAX_OBJECTS};
+use super::{Checker, LD_CACHE, MAX_OBJECTS, MAX_PROBES, NO_SUCH_FILE};
 
 /// One loaded ELF object of a program's link map.
 pub(super) struct Obj {
@@ -85,6 +85,29 @@ pub(super) struct LinkMap {
     pub(super) names: HashSet<OsString>,
 }
 
+/// One place the loader looks for a library.
+pub(super) enum Place {
+    /// A directory: the candidate is DIR/NAME.
+    Dir(PathBuf),
+    /// /etc/ld.so.cache: the candidates are the paths it lists for NAME.
+    Cache,
+    /// A DT_NEEDED with a slash is opened as this path, no search.
+    Path(PathBuf),
+}
+
+/// Where the loader looks for the libraries one object needs, prepared once per object: the order does not
+/// depend on the name, so a library costs one pass over it and no directory is walked twice.
+pub(super) struct Order {
+    /// Each place, and whether it exists in the image (a directory that is not there is skipped).
+    places: Vec<(Place, bool)>,
+    /// "searched …" for the report: without ld.so.cache, and with it (named only when it listed the name).
+    searched: [String; 2],
+    /// --wait-runtime watches these (inotify takes 64 at most).
+    watch: Vec<PathBuf>,
+    /// Where a link to a missing library would be found: the first searched directory the image has.
+    suggest_dir: Option<PathBuf>,
+}
+
 /// Where a library was found.
 pub(super) struct Found {
     pub(super) named: PathBuf,
@@ -145,12 +168,14 @@ impl Checker<'_> {
         let mut next = 0;
         while next < map.objs.len() {
             let needed = map.objs[next].elf.needed.clone();
+            // The search order depends on the needing object, not on the name: built once per object.
+            let order = self.search_order(&map, next);
             for name in needed {
                 if map.names.contains(&name) || is_musl_self(&map.flavor, &name) {
                     continue;
                 }
                 map.names.insert(name.clone());
-                if let Some(found) = self.search_library(&map, next, &name) {
+                if let Some(found) = self.search_library(&map, next, &name, &order) {
                     let by = map.objs[next].real.clone();
                     self.report
                         .add_resolved(Kind::Library, &found.named, &found.real, Some(&by));
@@ -164,6 +189,12 @@ impl Checker<'_> {
                             origin,
                             loader: Some(next),
                         });
+                    } else if map.objs.len() == MAX_OBJECTS {
+                        self.capped(format!(
+                            "{} loads more than {MAX_OBJECTS} libraries: the libraries of the rest were not checked",
+                            real.display()
+                        ));
+                        map.objs.truncate(MAX_OBJECTS - 1);
                     }
                 }
             }
@@ -171,14 +202,8 @@ impl Checker<'_> {
         }
     }
 
-    /// The candidate files for library `name` needed by object `who`, in the loader's order, each with the
-    /// directory (or "/etc/ld.so.cache") it comes from, for the report.
-    pub(super) fn search_order(
-        &mut self,
-        map: &LinkMap,
-        who: usize,
-        name: &OsStr,
-    ) -> Vec<(PathBuf, PathBuf)> {
+    /// Where the loader looks for a library needed by object `who`, in its order.
+    pub(super) fn search_order(&mut self, map: &LinkMap, who: usize) -> Order {
         let needer = &map.objs[who];
         let env_dirs = |seps: &[u8]| {
             let origin = &map.objs[0].origin;
@@ -197,104 +222,171 @@ impl Checker<'_> {
             }
             dirs
         };
-        let in_dir = |dirs: Vec<PathBuf>| {
-            dirs.into_iter()
-                .map(|d| (d.clone(), d.join(name)))
-                .collect::<Vec<_>>()
-        };
-        let mut out = Vec::new();
+        let mut out: Vec<Place> = Vec::new();
         match &map.flavor {
             Flavor::Musl { sys_path } => {
-                out.extend(in_dir(env_dirs(b":\n")));
+                out.extend(env_dirs(b":\n").into_iter().map(Place::Dir));
                 // musl: DT_RUNPATH (else DT_RPATH) of the needing object and of each object above it.
-                out.extend(in_dir(up_chain(true)));
-                out.extend(in_dir(sys_path.clone()));
+                out.extend(up_chain(true).into_iter().map(Place::Dir));
+                out.extend(sys_path.iter().cloned().map(Place::Dir));
             }
             Flavor::Glibc => {
                 // glibc: DT_RPATH up the chain unless the needing object has DT_RUNPATH, LD_LIBRARY_PATH,
                 // its DT_RUNPATH, then (unless DF_1_NODEFLIB) ld.so.cache and the default directories.
                 if needer.elf.runpath.is_none() {
-                    out.extend(in_dir(up_chain(false)));
+                    out.extend(up_chain(false).into_iter().map(Place::Dir));
                 }
-                out.extend(in_dir(env_dirs(b":;")));
-                out.extend(in_dir(needer.search_path(true)));
+                out.extend(env_dirs(b":;").into_iter().map(Place::Dir));
+                out.extend(needer.search_path(true).into_iter().map(Place::Dir));
                 if !needer.elf.nodeflib {
-                    let default_dirs = glibc_default_dirs(&needer.elf);
-                    out.extend(
-                        self.ld_cache_lookup(name)
-                            .into_iter()
-                            .map(|p| (PathBuf::from(LD_CACHE), p)),
-                    );
-                    out.extend(in_dir(default_dirs));
+                    out.push(Place::Cache);
+                    out.extend(glibc_default_dirs(&needer.elf).into_iter().map(Place::Dir));
                 }
             }
         }
-        out
+        fn label(p: &Place, cache: bool) -> Option<&Path> {
+            match p {
+                Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
+                Place::Cache => cache.then_some(Path::new(LD_CACHE)),
+            }
+        }
+        let searched =
+            [false, true].map(|cache| join_paths(out.iter().filter_map(|p| label(p, cache))));
+        let places: Vec<(Place, bool)> = out
+            .into_iter()
+            .map(|p| {
+                let there = match &p {
+                    Place::Dir(d) => self.dir_exists(d),
+                    Place::Cache | Place::Path(_) => true,
+                };
+                (p, there)
+            })
+            .collect();
+        let dirs = || {
+            places.iter().filter_map(|(p, there)| match p {
+                Place::Dir(d) => Some((d, *there)),
+                _ => None,
+            })
+        };
+        let watch = dirs().take(64).map(|(d, _)| d.clone()).collect();
+        let suggest_dir = dirs()
+            .find(|(_, there)| *there)
+            .or(dirs().next())
+            .map(|(d, _)| d.clone());
+        Order {
+            places,
+            searched,
+            watch,
+            suggest_dir,
+        }
     }
 
-    /// Searches one library like the loader and reports it missing if nowhere to be found.
+    /// One candidate path may be tried: false once MAX_PROBES were (reported once).
+    fn probe(&mut self) -> bool {
+        if self.probes_left == 0 {
+            return false;
+        }
+        self.probes_left -= 1;
+        if self.probes_left == 0 {
+            self.capped(format!(
+                "the library search stopped after {MAX_PROBES} candidate paths: libraries not found by then \
+                 were not checked"
+            ));
+        }
+        true
+    }
+
+    /// Whether a search directory exists, walked once per check.
+    fn dir_exists(&mut self, dir: &Path) -> bool {
+        if let Some(&there) = self.dirs.get(dir) {
+            return there;
+        }
+        let there = self.resolve(dir).is_ok();
+        self.dirs.insert(dir.to_path_buf(), there);
+        there
+    }
+
+    /// Searches one library like the loader and reports it missing if nowhere to be found. Linear in the
+    /// places searched: a directory that is not there is skipped from the memo, ld.so.cache is one lookup.
     pub(super) fn search_library(
         &mut self,
         map: &LinkMap,
         who: usize,
         name: &OsStr,
+        order: &Order,
     ) -> Option<Found> {
         let by = map.objs[who].real.clone();
-        let candidates = if name.as_bytes().contains(&b'/') {
-            // A DT_NEEDED with a slash is opened as a path, no search.
-            let p = self.absolute(Path::new(name));
-            vec![(p.clone(), p)]
+        let slash = name.as_bytes().contains(&b'/');
+        let direct;
+        let places = if slash {
+            direct = [(Place::Path(self.absolute(Path::new(name))), true)];
+            &direct[..]
         } else {
-            self.search_order(map, who, name)
+            &order.places
         };
-        let mut searched: Vec<PathBuf> = Vec::new();
         let mut dangling: Option<(PathBuf, Unresolved)> = None;
         let mut skipped: Vec<String> = Vec::new();
-        for (label, cand) in candidates {
-            if !searched.contains(&label) {
-                searched.push(label);
+        // ld.so.cache is named in the report only when it listed the library.
+        let mut cache_listed = false;
+        for (place, there) in places {
+            if !there {
+                if !self.probe() {
+                    return None;
+                }
+                continue;
             }
-            let canon = match self.resolve(&cand) {
-                Ok(c) => c,
-                Err(u) => {
-                    if dangling.is_none() && !u.hops.is_empty() {
-                        dangling = Some((cand, u));
-                    }
-                    continue;
-                }
+            let candidates = match place {
+                Place::Dir(d) => vec![d.join(name)],
+                Place::Cache => self.ld_cache_lookup(name),
+                Place::Path(p) => vec![p.clone()],
             };
-            match self.inspect(&canon.real) {
-                Ok(Content::Elf(lib)) if map.objs[who].elf.compatible(&lib) => {
-                    return Some(Found {
-                        named: cand,
-                        real: canon.real,
-                        elf: lib,
-                    });
-                }
-                // Both loaders skip a library of another class or machine and keep searching.
-                Ok(Content::Elf(lib)) => skipped.push(format!(
-                    "skipped incompatible {} ({})",
-                    cand.display(),
-                    lib.describe()
-                )),
-                // The loader cannot open it either, and keeps searching.
-                Ok(Content::Unreadable(r)) => {
-                    skipped.push(format!("cannot read {} ({r})", cand.display()))
-                }
-                // A file that is not a valid ELF stops the loader ("invalid ELF header"): report it as is.
-                Ok(_) => {
-                    self.broken(
-                        Kind::Library,
-                        &cand,
-                        Some(&by),
-                        &canon,
-                        "not an ELF file".into(),
-                    );
+            cache_listed |= matches!(place, Place::Cache) && !candidates.is_empty();
+            for cand in candidates {
+                if !self.probe() {
                     return None;
                 }
-                Err(reason) => {
-                    self.broken(Kind::Library, &cand, Some(&by), &canon, reason);
-                    return None;
+                let canon = match self.resolve(&cand) {
+                    Ok(c) => c,
+                    Err(u) => {
+                        if dangling.is_none() && !u.hops.is_empty() {
+                            dangling = Some((cand, u));
+                        }
+                        continue;
+                    }
+                };
+                match self.inspect(&canon.real) {
+                    Ok(Content::Elf(lib)) if map.objs[who].elf.compatible(&lib) => {
+                        return Some(Found {
+                            named: cand,
+                            real: canon.real,
+                            elf: lib,
+                        });
+                    }
+                    // Both loaders skip a library of another class or machine and keep searching.
+                    Ok(Content::Elf(lib)) => skipped.push(format!(
+                        "skipped incompatible {} ({})",
+                        cand.display(),
+                        lib.describe()
+                    )),
+                    // The loader cannot open it either, and keeps searching.
+                    Ok(Content::Unreadable(r)) => {
+                        skipped.push(format!("cannot read {} ({r})", cand.display()))
+                    }
+                    // A file that is not a valid ELF stops the loader ("invalid ELF header"): report it as is.
+                    Ok(_) => {
+                        self.broken(
+                            Kind::Library,
+                            &cand,
+                            Some(&by),
+                            &canon,
+                            "not an ELF file".into(),
+                        );
+                        return None;
+                    }
+                    Err(reason) => {
+                        self.broken(Kind::Library, &cand, Some(&by), &canon, reason);
+                        return None;
+                    }
                 }
             }
         }
@@ -302,19 +394,22 @@ impl Checker<'_> {
             self.missing(Kind::Library, &cand, Some(&by), u);
             return None;
         }
-        let mut reason = format!(
-            "searched {}",
-            join_paths(searched.iter().map(PathBuf::as_path))
-        );
-        for s in skipped {
-            reason.push_str("; ");
-            reason.push_str(&s);
+        if let (true, [(Place::Path(p), _)]) = (slash, places) {
+            let p = p.clone();
+            let u = Unresolved {
+                hops: Vec::new(),
+                at: p.clone(),
+                reason: NO_SUCH_FILE.into(),
+            };
+            self.missing(Kind::Library, &p, Some(&by), u);
+            return None;
         }
-        let watch = searched
-            .iter()
-            .filter(|d| d.as_os_str() != LD_CACHE)
-            .cloned()
-            .collect();
+        let mut reason = format!("searched {}", order.searched[usize::from(cache_listed)]);
+        for s in skipped.iter().take(8) {
+            reason.push_str("; ");
+            reason.push_str(s);
+        }
+        let watch = order.watch.clone();
         let m = Missing {
             kind: Kind::Library,
             path: PathBuf::from(name),
@@ -324,36 +419,50 @@ impl Checker<'_> {
             watch,
         };
         self.report.add_missing(m);
+        if let Some(dir) = &order.suggest_dir {
+            self.report.suggest_link(name, dir.join(name));
+        }
         None
     }
 
     /// Paths /etc/ld.so.cache gives for `name` (none when the image has no cache, as busybox images don't).
     pub(super) fn ld_cache_lookup(&mut self, name: &OsStr) -> Vec<PathBuf> {
         if self.ld_cache.is_none() {
-            let data = read_small(&self.host(Path::new(LD_CACHE))).unwrap_or_default();
-            self.ld_cache = Some(parse_ld_cache(&data));
+            self.count(|w| w.open += 1);
+            let data = match read_small(&self.host(Path::new(LD_CACHE))) {
+                Ok(d) => d.map(|(d, _)| d).unwrap_or_default(),
+                Err(why) => {
+                    self.capped(format!("ignored {LD_CACHE}: {why}"));
+                    Vec::new()
+                }
+            };
+            self.ld_cache = Some(LdCache::parse(data));
         }
         self.ld_cache
             .as_ref()
-            .and_then(|c| c.get(name))
-            .cloned()
-            .unwrap_or_default()
+            .map_or_else(Vec::new, |c| c.lookup(name.as_bytes()))
     }
 
     /// musl's system path: PREFIX/etc/ld-musl-ARCH.path (PREFIX = the loader's directory minus its last
     /// component, "" for /lib/ld-musl-*.so.1), entries separated by ':' or newlines; else its default.
-    pub(super) fn musl_sys_path(&self, interp: &Path, arch: &str) -> Vec<PathBuf> {
+    pub(super) fn musl_sys_path(&mut self, interp: &Path, arch: &str) -> Vec<PathBuf> {
         let prefix = interp
             .parent()
             .and_then(Path::parent)
             .unwrap_or(Path::new("/"));
         let file = prefix.join(format!("etc/ld-musl-{arch}.path"));
+        self.count(|w| w.open += 1);
         match read_small(&self.host(&file)) {
-            Some(data) => split_dirs(OsStr::from_bytes(&data), b":\n", Path::new("/")),
-            None => ["/lib", "/usr/local/lib", "/usr/lib"]
+            Ok(Some((data, _))) => split_dirs(OsStr::from_bytes(&data), b":\n", Path::new("/")),
+            Ok(None) => ["/lib", "/usr/local/lib", "/usr/lib"]
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            Err(why) => {
+                // musl's loader gives up on the path file too and uses no system path then.
+                self.capped(format!("ignored {}: {why}", file.display()));
+                Vec::new()
+            }
         }
     }
 }
@@ -409,44 +518,101 @@ pub(super) fn glibc_default_dirs(elf: &Elf) -> Vec<PathBuf> {
     dirs
 }
 
-/// glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after an old "ld.so-1.7.0" part): each entry
-/// maps a library name to a path. Native byte order; anything out of bounds is skipped.
-pub(super) fn parse_ld_cache(data: &[u8]) -> HashMap<OsString, Vec<PathBuf>> {
-    const OLD: &[u8] = b"ld.so-1.7.0";
-    const NEW: &[u8] = b"glibc-ld.so.cache1.1";
-    let u32_at = |at: usize| -> Option<usize> {
-        let b = data.get(at..at.checked_add(4)?)?;
-        usize::try_from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok()
-    };
-    let cstr = |at: usize| -> Option<&[u8]> {
-        let s = data.get(at..)?;
-        Some(&s[..s.iter().position(|&b| b == 0)?])
-    };
-    let mut map: HashMap<OsString, Vec<PathBuf>> = HashMap::new();
-    let mut base = 0usize;
-    if data.starts_with(OLD) {
-        // Old header (16 bytes) and 12-byte entries, then the new header aligned to 8.
-        let Some(n) = u32_at(12) else { return map };
-        base = n.saturating_mul(12).saturating_add(16 + 7) & !7;
-    }
-    if !data.get(base..).is_some_and(|d| d.starts_with(NEW)) {
-        return map;
-    }
-    let Some(nlibs) = u32_at(base + 20) else {
-        return map;
-    };
-    for i in 0..nlibs {
-        let entry = base + 48 + i * 24;
-        let (Some(key), Some(value)) = (u32_at(entry + 4), u32_at(entry + 8)) else {
-            break;
+/// glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after an old "ld.so-1.7.0" part), indexed once:
+/// each entry maps a library name to a path (native byte order). Bounded on a crafted file: the entry count
+/// is capped by the file size, names by NAME_MAX and paths by PATH_MAX, and the index is one allocation of
+/// 16 bytes per entry sorted by a hash of the name, so building it is linear and each lookup logarithmic.
+pub(super) struct LdCache {
+    data: Vec<u8>,
+    /// Where the "glibc-ld.so.cache1.1" part starts: string offsets count from there.
+    base: usize,
+    /// (hash of the name, offset of the name, offset of the path).
+    index: Vec<(u64, u32, u32)>,
+}
+
+/// NAME_MAX + 1 and PATH_MAX: no library name or path the loader could open is longer.
+const CACHE_NAME_MAX: usize = 256;
+const CACHE_PATH_MAX: usize = 4096;
+
+impl LdCache {
+    pub(super) fn parse(data: Vec<u8>) -> LdCache {
+        const OLD: &[u8] = b"ld.so-1.7.0";
+        const NEW: &[u8] = b"glibc-ld.so.cache1.1";
+        let mut cache = LdCache {
+            data,
+            base: 0,
+            index: Vec::new(),
         };
-        if let (Some(k), Some(v)) = (cstr(base + key), cstr(base + value)) {
-            map.entry(OsStr::from_bytes(k).into())
-                .or_default()
-                .push(PathBuf::from(OsStr::from_bytes(v)));
+        let data = &cache.data;
+        let u32_at = |at: usize| -> Option<usize> {
+            let b = data.get(at..at.checked_add(4)?)?;
+            usize::try_from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok()
+        };
+        let mut base = 0usize;
+        if data.starts_with(OLD) {
+            // Old header (16 bytes) and 12-byte entries, then the new header aligned to 8.
+            let Some(n) = u32_at(12) else { return cache };
+            base = n.saturating_mul(12).saturating_add(16 + 7) & !7;
         }
+        if !data.get(base..).is_some_and(|d| d.starts_with(NEW)) {
+            return cache;
+        }
+        let Some(nlibs) = u32_at(base + 20) else {
+            return cache;
+        };
+        // 48-byte header, 24-byte entries: a count beyond what the file holds is a lie.
+        let fit = data.len().saturating_sub(base + 48) / 24;
+        let mut index = Vec::with_capacity(nlibs.min(fit));
+        for i in 0..nlibs.min(fit) {
+            let entry = base + 48 + i * 24;
+            let (Some(key), Some(value)) = (u32_at(entry + 4), u32_at(entry + 8)) else {
+                break;
+            };
+            if let Some(name) = cstr(data, base.saturating_add(key), CACHE_NAME_MAX) {
+                if let (Ok(k), Ok(v)) = (u32::try_from(key), u32::try_from(value)) {
+                    index.push((fnv1a(name), k, v));
+                }
+            }
+        }
+        // Stable: entries of one name stay in the file's order, which the loader honours.
+        index.sort_by_key(|e| e.0);
+        cache.base = base;
+        cache.index = index;
+        cache
     }
-    map
+
+    /// Every path the cache gives for `name`, in the cache's order.
+    pub(super) fn lookup(&self, name: &[u8]) -> Vec<PathBuf> {
+        let h = fnv1a(name);
+        let start = self.index.partition_point(|e| e.0 < h);
+        let mut hits = Vec::new();
+        for &(eh, key, value) in &self.index[start..] {
+            if eh != h {
+                break;
+            }
+            let at = |off: u32| self.base.saturating_add(off as usize);
+            if cstr(&self.data, at(key), CACHE_NAME_MAX) == Some(name) {
+                if let Some(v) = cstr(&self.data, at(value), CACHE_PATH_MAX) {
+                    hits.push(PathBuf::from(OsStr::from_bytes(v)));
+                }
+            }
+        }
+        hits
+    }
+}
+
+/// The NUL-terminated string at `at`, if it ends within `max` bytes and the file.
+fn cstr(data: &[u8], at: usize, max: usize) -> Option<&[u8]> {
+    let s = data.get(at..)?;
+    let s = &s[..s.len().min(max)];
+    Some(&s[..s.iter().position(|&b| b == 0)?])
+}
+
+/// FNV-1a: a hash of a name without allocating (the index only needs to spread names).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -457,18 +623,18 @@ mod tests {
     #[test]
     fn ld_cache_of_this_machine() {
         let data = fs::read("/etc/ld.so.cache").expect("the test machine has an ld.so.cache");
-        let cache = parse_ld_cache(&data);
-        let libc = cache
-            .get(OsStr::new("libc.so.6"))
-            .expect("libc.so.6 is in the cache");
+        let libc = LdCache::parse(data.clone()).lookup(b"libc.so.6");
         assert!(
             libc.iter()
                 .any(|p| p.ends_with("libc.so.6") && p.is_absolute()),
             "{libc:?}"
         );
+        assert!(LdCache::parse(data.clone())
+            .lookup(b"libnot-there.so.1")
+            .is_empty());
         // Truncated or garbage caches give nothing, without panicking.
         for cut in [0, 10, 30, 60, data.len() / 2] {
-            let _ = parse_ld_cache(&data[..cut]);
+            let _ = LdCache::parse(data[..cut].to_vec()).lookup(b"libc.so.6");
         }
     }
 

@@ -19,20 +19,24 @@ pub mod elf;
 mod files;
 mod links;
 mod loader;
+mod manifest;
 mod program;
 mod report;
 mod resolve;
+mod volume;
 mod wait;
 pub mod which;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::RuntimeCheckConfig;
+use loader::LdCache;
+use manifest::ManifestOut;
 use resolve::Node;
 
 pub use report::{Kind, Report};
@@ -46,10 +50,14 @@ const MAX_SCRIPT_DEPTH: usize = 4;
 const SHEBANG_BYTES: usize = 256;
 /// First read of every file: enough for the `#!` line, and for an ELF's headers and PT_INTERP in one go.
 const HEAD_BYTES: usize = 1024;
-/// Bounds on what one check may read: ld.so.cache and ld-musl-ARCH.path sizes, library count, directory size.
+/// Bounds on the work one check may do on a hostile image, each reported when reached: configuration file
+/// size (ld.so.cache, ld-musl-ARCH.path, manifests), libraries in one link map, candidate paths tried by the
+/// library search, directory entries read by the link scan, missing entries listed.
 const MAX_CONFIG_FILE: u64 = 4 << 20;
 const MAX_OBJECTS: usize = 1024;
-const MAX_DIR_ENTRIES: usize = 100_000;
+const MAX_PROBES: usize = 2_000_000;
+const MAX_SCAN_ENTRIES: usize = 1_000_000;
+const MAX_MISSING: usize = 256;
 /// Waiting for a late volume: first re-check after this, doubling up to the cap (inotify usually wakes sooner).
 const WAIT_FIRST_POLL: Duration = Duration::from_millis(20);
 const WAIT_MAX_POLL: Duration = Duration::from_secs(1);
@@ -73,23 +81,41 @@ const SCAN_DIRS: &[&str] = &[
 const NO_SUCH_FILE: &str = "no such file";
 const LD_CACHE: &str = "/etc/ld.so.cache";
 
-/// Checks once: the command's needs (when `command` is not empty), `--require`, then the links into the
-/// runtime directory.
+/// Syscalls one check made on the image, by kind. `check --json` shows them ("work"), so tests count the
+/// work without strace.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Work {
+    lstat: u32,
+    readlink: u32,
+    stat: u32,
+    open: u32,
+    getdents: u32,
+}
+
+/// Checks once: the command's exec chain (when `command` is not empty), `--require`, then the links into
+/// the runtime directory (from the manifest; scanned only when asked or when the manifest is out of date).
 pub fn check(command: &[OsString], cfg: &RuntimeCheckConfig) -> Report {
     let mut c = Checker::new(cfg);
+    c.volume_manifest();
     if let Some(name) = command.first() {
         c.command(name);
     }
     for p in &cfg.require {
         c.require(p);
     }
-    c.scan_runtime_links();
-    c.report
+    c.runtime_links();
+    c.finish()
 }
 
 /// `microinit check [--json] [CMD ARGS...]`: prints the report to stdout; 0 when complete, 127 otherwise.
+/// With `--write-manifest`, also writes the manifest of the image's links when the check passed (exit 1 when
+/// it cannot be written).
 pub fn check_main(json: bool, command: &[OsString], cfg: &RuntimeCheckConfig) -> i32 {
     let report = check_waiting(command, cfg);
+    if let Some(e) = &report.write_error {
+        eprintln!("microinit: {e}");
+        return 1;
+    }
     let out = if json {
         format!("{:#}\n", report.to_json())
     } else {
@@ -109,28 +135,60 @@ struct Checker<'a> {
     report: Report,
     path_var: Option<OsString>,
     ld_library_path: Option<OsString>,
-    /// Parsed /etc/ld.so.cache (name → paths), loaded on first use.
-    ld_cache: Option<HashMap<OsString, Vec<PathBuf>>>,
+    /// /etc/ld.so.cache, indexed on first use.
+    ld_cache: Option<LdCache>,
     /// lstat results of this check (see `node`).
     nodes: RefCell<HashMap<PathBuf, Result<Node, i32>>>,
+    /// Whether each library search directory exists: a directory that is not there costs one walk, not one
+    /// per library (the memo of failed lookups).
+    dirs: HashMap<PathBuf, bool>,
+    /// Candidate paths the library search may still try (MAX_PROBES).
+    probes_left: usize,
+    work: Cell<Work>,
+    /// At `docker build` (runtime directory absent or empty): the files the volume's manifest says it has.
+    volume_files: Option<HashSet<PathBuf>>,
+    /// `check --write-manifest`: what the scan found, written by `finish` when the check passed.
+    manifest_out: Option<ManifestOut>,
 }
 
 impl<'a> Checker<'a> {
     fn new(cfg: &'a RuntimeCheckConfig) -> Self {
         Checker {
             cfg,
-            report: Report {
-                command: None,
-                runtime_dir: cfg.runtime_dir.clone(),
-                resolved: Vec::new(),
-                missing: Vec::new(),
-                notes: Vec::new(),
-            },
+            report: Report::new(cfg.runtime_dir.clone()),
             path_var: std::env::var_os("PATH"),
             ld_library_path: std::env::var_os("LD_LIBRARY_PATH"),
             ld_cache: None,
             nodes: RefCell::new(HashMap::new()),
+            dirs: HashMap::new(),
+            probes_left: MAX_PROBES,
+            work: Cell::new(Work::default()),
+            volume_files: None,
+            manifest_out: None,
         }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Work)) {
+        let mut w = self.work.get();
+        f(&mut w);
+        self.work.set(w);
+    }
+
+    /// A bound was reached: said in the report and, at start, in the log (never silent).
+    fn capped(&mut self, note: String) {
+        log::warn!("runtime check: {note}");
+        self.report.notes.push(note);
+    }
+
+    /// The hints that need a look at the volume, the manifest to write, the work counters.
+    fn finish(mut self) -> Report {
+        if !self.report.is_ok() {
+            self.hints();
+        } else if let Some(out) = self.manifest_out.take() {
+            self.write_manifest(&out);
+        }
+        self.report.work = self.work.get();
+        self.report
     }
 }
 
@@ -174,6 +232,10 @@ mod tests {
                 require: Vec::new(),
                 wait: None,
                 root: self.0.clone(),
+                links_manifest: "/etc/microinit/runtime-links".into(),
+                scan_links: true,
+                volume_manifest: None,
+                write_manifest: false,
             }
         }
         fn check(&self, cmd: &str) -> Report {
@@ -325,6 +387,55 @@ mod tests {
             found(&r, Kind::Library)[0].0,
             Path::new("/usr/lib/libfoo.so.2")
         );
+    }
+
+    /// 4 000 missing DT_NEEDED and a RUNPATH of 1 000 directories that do not exist: the search is linear
+    /// (a directory is walked once), stops at its budget, says so, and the report stays bounded.
+    #[test]
+    fn a_hostile_library_search_is_bounded_and_reported() {
+        let root = Root::new("hostile-search");
+        let names: Vec<String> = (0..4000).map(|i| format!("libmissing{i}.so")).collect();
+        let needed: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Short names: the ELF reader takes strings of up to 4 KiB, as a RUNPATH of 1 000 entries must fit.
+        let digit = |i: usize| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[i % 36]);
+        let runpath: Vec<String> = (0..1000)
+            .map(|i| format!("/{}{}", digit(i / 36), digit(i)))
+            .collect();
+        let prog = build(
+            Class::Elf64,
+            false,
+            Some(GLIBC),
+            &needed,
+            Some(&runpath.join(":")),
+        );
+        root.put("/usr/bin/prog", &prog);
+        root.put(GLIBC, &build(Class::Elf64, false, None, &[], None));
+        let started = Instant::now();
+        let r = root.check("/usr/bin/prog");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!r.is_ok());
+        assert_eq!(r.missing.len(), MAX_MISSING);
+        assert!(r.more_missing > 0);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("library search stopped after")),
+            "{:?}",
+            r.notes
+        );
+        let text = r.render_text();
+        assert!(
+            text.contains(" more)") && !text.contains("/rr,"),
+            "the 1 006 places are not all listed: {}",
+            text.lines()
+                .find(|l| l.contains("runtime missing"))
+                .unwrap_or("")
+        );
+        assert!(text.len() < 1 << 20, "{} bytes", text.len());
     }
 
     /// The whole check (not only the ELF parser) over mutated programs, libraries and ld.so.cache files

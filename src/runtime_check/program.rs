@@ -7,11 +7,10 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::elf::{self, Elf, Prefetched, SizedFile};
-use super::files::read_head;
+use super::files::{open_regular, read_head};
 use super::report::{join_paths, Kind, Missing};
 use super::resolve::{io_reason, Canon};
 use super::which::{self, LookupError};
@@ -32,30 +31,25 @@ impl Checker<'_> {
     /// Opens a resolved file and looks at its first bytes (and ELF headers). Err: corrupt ELF.
     pub(super) fn inspect(&self, real: &Path) -> Result<Content, String> {
         let host = self.host(real);
+        self.count(|w| w.stat += 1);
         let meta = fs::metadata(&host).map_err(|e| io_reason(&e))?;
         if meta.is_dir() {
             return Err("is a directory".into());
         }
+        // A FIFO or a device is never opened (a FIFO would block, a device may act on open).
         if !meta.is_file() {
             return Ok(Content::Other);
         }
-        // O_NONBLOCK: should the file be swapped for a FIFO after the stat, the open must not block PID 1.
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&host)
-        {
-            Ok(f) => f,
+        self.count(|w| w.open += 1);
+        let (file, size) = match open_regular(&host) {
+            Ok((f, m)) => (f, m.len()),
             Err(e) => return Ok(Content::Unreadable(io_reason(&e))),
         };
         let mut head = [0u8; HEAD_BYTES];
         let n = read_head(&file, &mut head).map_err(|e| format!("read error: {e}"))?;
         let head = &head[..n];
         if head.starts_with(b"\x7fELF") {
-            let file = SizedFile {
-                file: &file,
-                size: meta.len(),
-            };
+            let file = SizedFile { file: &file, size };
             return match elf::parse(&Prefetched { file, head }) {
                 Ok(elf) => Ok(Content::Elf(elf)),
                 Err(e) => Err(e.to_string()),

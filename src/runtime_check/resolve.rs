@@ -92,9 +92,13 @@ impl Checker<'_> {
             return n.clone();
         }
         let host = self.host(p);
+        self.count(|w| w.lstat += 1);
         let node = match fs::symlink_metadata(&host) {
             Err(e) => Err(e),
-            Ok(m) if m.file_type().is_symlink() => fs::read_link(&host).map(Node::Link),
+            Ok(m) if m.file_type().is_symlink() => {
+                self.count(|w| w.readlink += 1);
+                fs::read_link(&host).map(Node::Link)
+            }
             Ok(m) if m.is_dir() => Ok(Node::Dir),
             Ok(_) => Ok(Node::Other),
         }
@@ -190,6 +194,15 @@ impl Checker<'_> {
         needed_by: Option<&Path>,
         u: Unresolved,
     ) {
+        // At `docker build` the volume is not there: a path into it is fine when the volume's manifest lists
+        // it. The path being resolved when the walk stopped is the last hop (or the path itself).
+        if let Some(files) = &self.volume_files {
+            let target = normalize(&self.absolute(u.hops.last().map_or(path, PathBuf::as_path)));
+            if files.contains(&target) {
+                self.report.add_resolved(kind, path, &target, needed_by);
+                return;
+            }
+        }
         let watch = vec![u.at.parent().unwrap_or(Path::new("/")).to_path_buf()];
         let (path, needed_by) = (path.to_path_buf(), needed_by.map(Path::to_path_buf));
         self.report.add_missing(Missing {

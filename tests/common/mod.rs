@@ -71,7 +71,16 @@ pub fn tempdir(tag: &str) -> PathBuf {
 }
 
 /// Poll `f` every few ms until it returns Some or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(5), timeout, f)
+}
+
+/// Poll `f` every `interval` until it returns Some or `timeout` passes.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -80,7 +89,7 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         if Instant::now() >= end {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(interval);
     }
 }
 

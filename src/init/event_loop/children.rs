@@ -37,6 +37,7 @@ impl EventLoop {
     pub(super) fn reap(&mut self) {
         let drain = reaper::drain();
         for (pid, status) in drain.exited {
+            log::debug!("reaped pid {pid} ({status})");
             match self.children.remove(&pid) {
                 Some(Owner::App) => self.on_app_exit(status),
                 Some(Owner::Health {
@@ -64,9 +65,8 @@ impl EventLoop {
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {
+                        // tini -w's line, which scripts grep.
                         log::warn!("Reaped zombie process with pid={pid}");
-                    } else {
-                        log::debug!("reaped orphan pid {pid} ({status})");
                     }
                 }
             }
