@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shell helpers shared by scripts/e2e-docker.sh and scripts/demo.sh (sourced, not run).
+# Shell helpers shared by scripts/e2e-docker.sh, scripts/cluster-e2e.sh and scripts/demo.sh (sourced, not run).
 
 # poll DEADLINE_SECONDS CMD...: run CMD until it succeeds or the deadline passes (a real condition, not a nap).
 poll() {
@@ -19,3 +19,10 @@ instances() { curl -fsS -m 2 "http://$1/v1/health/service/$2${3:+?$3}" | jq leng
 
 # Milliseconds since the epoch (for the durations the scripts report).
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# remove_labelled LABEL: force-remove every container carrying LABEL, with its anonymous volumes.
+remove_labelled() {
+    local ids
+    mapfile -t ids < <(docker ps -aq --filter "label=$1")
+    [ "${#ids[@]}" = 0 ] || docker rm -f -v "${ids[@]}" >/dev/null 2>&1
+}

@@ -9,3 +9,4 @@ pub mod control;
 pub mod init;
 pub mod metrics;
 pub mod runtime_check;
+pub mod text;

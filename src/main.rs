@@ -6,7 +6,7 @@ use std::io::Write;
 
 use microinit::cli::{self, Action};
 use microinit::config::policy::{self, LogStyle, PdeathsigTarget, Subreaper};
-use microinit::config::{Config, Isolation};
+use microinit::config::{self, Config, Isolation};
 use microinit::control::client as control_client;
 use microinit::init::{event_loop, signals, spawn};
 use microinit::runtime_check::{self, which};
@@ -43,7 +43,12 @@ fn run() -> i32 {
             init_logging(LogStyle::Microinit, 0);
             runtime_check::check_main(json, &command, &runtime)
         }
-        Action::Client { request, socket } => control_client::client_main(request, &socket),
+        Action::Client {
+            request,
+            json,
+            socket,
+        } => control_client::client_main(&request, json, &socket),
+        Action::Health { socket } => microinit::control::health::health_main(&socket),
         Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
     }
 }
@@ -101,6 +106,14 @@ fn supervise(mut cfg: Config) -> i32 {
     for w in &cfg.warnings {
         log::warn!("{w}");
     }
+    // The agent credentials are microinit's: no child sees them unless --pass-consul-token says so.
+    if cfg
+        .consul
+        .as_ref()
+        .is_some_and(|c| !c.agent.pass_token_to_children)
+    {
+        spawn::withhold_from_children(&config::consul_agent::CREDENTIAL_VARS);
+    }
     // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
     let mask = match signals::block_all() {
         Ok(m) => m,
@@ -154,7 +167,17 @@ fn supervise(mut cfg: Config) -> i32 {
 
     let name = cfg.supervisor.command[0].clone();
     let path_var = std::env::var_os("PATH");
-    let resolve = || which::resolve(&name, path_var.as_deref());
+    // tini and dumb-init exec a path as given and report the kernel's errno (ENOTDIR, ELOOP … too): leave
+    // it to the exec in their modes; a name to search in PATH is resolved here as execvp would.
+    let exec_as_given = cfg.policy.exec_failure != policy::ExecFailure::Microinit
+        && std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).contains(&b'/');
+    let resolve = || {
+        if exec_as_given {
+            Ok(std::path::PathBuf::from(&name))
+        } else {
+            which::resolve(&name, path_var.as_deref())
+        }
+    };
     let first = resolve();
     if let Err(e) = &first {
         // A dangling link is the runtime check's business (it names the volume and may wait for it);
@@ -190,13 +213,13 @@ fn supervise(mut cfg: Config) -> i32 {
             runtime_summary = Some(report.summary());
         }
     }
-    // The runtime check may have brought the command (a link into the volume): look again after it; with
-    // the check off nothing changed since the first lookup, and walking PATH again would only repeat its
-    // stat(2) calls on the start-up path. After a wait, the event loop looks again itself.
-    let app_path = if cfg.runtime.enabled && runtime_wait.is_none() {
-        resolve()
-    } else {
+    // Look again only when the first lookup failed (a dangling link the check then waited for): otherwise
+    // nothing changed since, and walking PATH again would only repeat its stat(2) calls on the start-up path.
+    // After a wait in the event loop, the loop looks again itself.
+    let app_path = if runtime_wait.is_some() {
         first
+    } else {
+        first.or_else(|_| resolve())
     };
     if let (Err(e), None) = (&app_path, &runtime_wait) {
         return lookup_failed(&cfg, e, &name);

@@ -221,6 +221,13 @@ fn observe(init: &Path, case: &Case, obs: &Path) -> String {
     let dir = tempdir("dialects");
     // A file that is not executable, for the exec failure cases.
     std::fs::write(dir.join("plain"), "echo hi\n").unwrap();
+    // An executable without #! or ELF magic: execvp runs it with /bin/sh.
+    std::fs::write(dir.join("script"), "echo hi; exit 9\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let subst = |a: &str| -> String {
         match a {
             "OBS" => obs.display().to_string(),
@@ -659,7 +666,13 @@ fn cases() -> Vec<Case> {
             let act = Act::Stop { sig: s, end: 15 };
             add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], tty, act);
         }
-        // On a terminal: Ctrl-C typed.
+        // On a terminal: SIGHUP and SIGCONT after the init gave the terminal up (dumb-init drops only the
+        // kernel's own pair), and Ctrl-C typed.
+        let act = Act::Signals {
+            sigs: vec![1, 18],
+            end: 15,
+        };
+        add(tool, &format!("{mode} -- OBS DIR rec 15"), &[], true, act);
         add(
             tool,
             &format!("{mode} -- OBS DIR rec 15"),
@@ -815,6 +828,9 @@ fn cases() -> Vec<Case> {
             "DIR/plain",
             "DIR",
             "/etc",
+            "/etc/passwd/x",
+            "DIR/script",
+            "plain",
         ] {
             add(tool, &format!("-- {a}"), &[], false, Act::Wait);
         }

@@ -377,7 +377,14 @@ pub fn apply(d: Dialect, opts: &Options, env: &dyn Fn(&str) -> Option<OsString>,
                     }
                 }
             }
-            rewrites.append(&mut sup.rewrites);
+            // MICROINIT_REWRITE entries for the signals left; one rule per signal, so the order of the list
+            // cannot matter to whoever reads it.
+            let env_rules: Vec<Rewrite> = std::mem::take(&mut sup.rewrites);
+            for r in env_rules {
+                if !rewrites.iter().any(|x| x.from == r.from) {
+                    rewrites.push(r);
+                }
+            }
             sup.rewrites = rewrites;
             cfg.verbosity = u8::from(debug);
             cfg.policy = DialectPolicy {

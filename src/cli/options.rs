@@ -64,9 +64,16 @@ pub const MICROINIT: &[Spec] = &[
     spec("watch-file", None, "MICROINIT_WATCH_FILE", Value, "PATH", "Write the watched instances to PATH on each change (write + rename): host:port lines, or JSON if PATH ends in .json.", General),
     spec("watch-debounce", None, "MICROINIT_WATCH_DEBOUNCE", Value, "DURATION", "Act on a change only after it has been quiet this long (default 50ms).", General),
     spec("metrics", None, "MICROINIT_METRICS", Value, "ADDR:PORT", "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default: nothing listens unless asked).", General),
-    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500).", Consul),
-    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
-    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent.", Consul),
+    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://…, https://… (optionally with a path prefix) or unix:///path (default 127.0.0.1:8500).", Consul),
+    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token, re-read when the agent answers 403 (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
+    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "PEM file of the CA that signed the agent's certificate (https).", Consul),
+    spec("consul-capath", None, "CONSUL_CAPATH", Value, "DIR", "Directory of PEM CA certificates (https; CONSUL_CACERT wins).", Consul),
+    spec("consul-client-cert", None, "CONSUL_CLIENT_CERT", Value, "PATH", "Client certificate for an agent with verify_incoming (with --consul-client-key).", Consul),
+    spec("consul-client-key", None, "CONSUL_CLIENT_KEY", Value, "PATH", "Private key of the client certificate.", Consul),
+    spec("consul-tls-server-name", None, "CONSUL_TLS_SERVER_NAME", Value, "NAME", "Name the agent's certificate must carry when the address does not (e.g. server.dc1.consul).", Consul),
+    spec("consul-namespace", None, "CONSUL_NAMESPACE", Value, "NS", "Consul Enterprise namespace of the registration.", Consul),
+    spec("consul-partition", None, "CONSUL_PARTITION", Value, "NAME", "Consul Enterprise admin partition of the registration.", Consul),
+    spec("pass-consul-token", None, "MICROINIT_PASS_CONSUL_TOKEN", Flag, "", "Leave CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE and CONSUL_HTTP_AUTH in the environment of the app, hooks and health command (removed by default).", Consul),
     spec("consul-required", None, "MICROINIT_CONSUL_REQUIRED", Flag, "", "Make any registration failure fatal (exit 125) instead of logged.", Consul),
 ];
 /// `microinit check` only.
@@ -204,9 +211,8 @@ pub fn build_config(
         hooks,
     };
     let consul = registration::consul_config(opts).map_err(e)?;
-    let discovery =
-        DiscoveryConfig::from_options(opts, || registration::agent_config(opts), parse_signal)
-            .map_err(e)?;
+    let discovery = DiscoveryConfig::from_options(opts, || AgentConfig::parse(opts), parse_signal)
+        .map_err(e)?;
     let metrics = opts
         .get("MICROINIT_METRICS")
         .map(|m| {

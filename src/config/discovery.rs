@@ -3,7 +3,7 @@
 //!
 //! Owns: the typed shape of those options and their parsing from `Options` (pure: no syscall, no file read,
 //! no name resolution; an address is resolved when it is probed). Does not own: the Consul agent's address
-//! and token (`registration::agent_config` parses those, shared with registration), nor doing any of it
+//! and token (`AgentConfig::parse`, shared with registration), nor doing any of it
 //! (`consul::watch`, `init::discovery`).
 
 use std::ffi::OsString;
@@ -11,15 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConsulAddr, Options, Secret};
-
-/// The agent to ask, shared by registration, waits and watches.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub addr: ConsulAddr,
-    pub token: Option<Secret>,
-    pub cacert: Option<PathBuf>,
-}
+use super::{AgentConfig, Options};
 
 /// A Consul service query: passing instances of `name`, optionally with a tag, in a datacenter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,15 +404,7 @@ mod tests {
     }
 
     fn agent() -> Result<AgentConfig, String> {
-        Ok(AgentConfig {
-            addr: ConsulAddr {
-                scheme: "http".into(),
-                host: "127.0.0.1".into(),
-                port: 8500,
-            },
-            token: None,
-            cacert: None,
-        })
+        AgentConfig::parse(&Options::default())
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod address;
 pub mod client;
 pub mod identity;
 pub mod registration;
+pub mod transport;
 pub mod watch;

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::Value;
 
-use crate::config::discovery::{
-    AgentConfig, DiscoveryConfig, ServiceQuery, WaitTarget, WatchTarget,
-};
+use crate::config::discovery::{DiscoveryConfig, ServiceQuery, WaitTarget, WatchTarget};
+use crate::config::AgentConfig;
 use crate::consul::client::{Client, Error};
 use crate::consul::registration::seed;
 use crate::init::probes;
@@ -92,8 +91,7 @@ impl Upstreams {
                     "no Consul agent configured",
                 )
             })?;
-            Client::new(&a.addr, a.token.clone(), a.cacert.as_deref())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            Client::new(a).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         };
         for (i, target) in cfg.wait_for.iter().enumerate() {
             let out = Out {
@@ -502,7 +500,6 @@ mod tests {
 mod agent_tests {
     use super::*;
     use crate::config::discovery::{parse_wait_target, parse_watch};
-    use crate::config::ConsulAddr;
     use crate::consul::registration::dev_agent::DevAgent;
 
     const SOON: Duration = Duration::from_secs(20);
@@ -517,14 +514,10 @@ mod agent_tests {
                 .iter()
                 .map(|s| parse_watch(s).expect("watch"))
                 .collect(),
-            agent: Some(AgentConfig {
-                addr: ConsulAddr {
-                    scheme: "http".into(),
-                    host: "127.0.0.1".into(),
-                    port: agent.http_port,
-                },
-                token: None,
-                cacert: None,
+            agent: Some({
+                let mut o = crate::config::Options::default();
+                o.set("CONSUL_HTTP_ADDR", vec![agent.addr()]);
+                AgentConfig::parse(&o).expect("agent config")
             }),
             ..DiscoveryConfig::default()
         }

@@ -85,6 +85,14 @@ fn cstr(b: &[u8]) -> Result<CString, SpawnError> {
     CString::new(b).map_err(|_| SpawnError::BadArgument)
 }
 
+/// Remove `names` from microinit's own environment, which every child (app, hooks, health command) inherits
+/// through exec. Call before any thread exists: setenv/unsetenv race with every other thread's getenv.
+pub fn withhold_from_children(names: &[&str]) {
+    for name in names {
+        std::env::remove_var(name);
+    }
+}
+
 /// A forked child whose exec has not been confirmed yet.
 pub struct Started {
     pub pid: i32,
