@@ -973,6 +973,10 @@ fn start_line(cfg: &ConsulConfig, definition: &Value, id: &str, name: &str) -> S
     let when = match &cfg.readiness {
         Readiness::Immediate => "as soon as the app starts".to_string(),
         Readiness::HealthCmd => "when the health command first passes".to_string(),
+        Readiness::Probe(WaitTarget::Tcp { host, port }) => {
+            format!("when {host}:{port} accepts connections")
+        }
+        Readiness::Probe(WaitTarget::Http { url }) => format!("when GET {url} answers 2xx"),
         Readiness::Probe(t) => format!("when {t} is up"),
         Readiness::Notify(n) => format!("when the app writes a line to fd {n}"),
     };
