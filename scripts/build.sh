@@ -25,9 +25,13 @@ have_nightly() {
 }
 if [ "$mode" != stable ] && have_nightly; then
     echo "build.sh: nightly + build-std (size-optimised)" >&2
+    # panic=immediate-abort: a panic is an abort, so no unwind tables are needed (force-unwind-tables=no drops
+    # .eh_frame: -104 KB) and no panic location is ever printed (location-detail=none drops their strings);
+    # optimize_for_size selects std's smaller implementations. Non-PIE: no relocations to process at start.
     CARGO_TARGET_DIR=$tdir/size \
-        RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Crelocation-model=static" \
-        cargo +nightly build --release --locked --target "$target" -Z build-std=std,panic_abort "${features[@]}" >&2
+        RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Crelocation-model=static -Cforce-unwind-tables=no -Zlocation-detail=none" \
+        cargo +nightly build --release --locked --target "$target" -Z build-std=std,panic_abort \
+        -Z build-std-features=optimize_for_size "${features[@]}" >&2
     built=$tdir/size/$target/release/microinit
 else
     [ "$mode" = nightly ] && { echo "build.sh: MICROINIT_BUILD=nightly but no nightly toolchain" >&2; exit 1; }

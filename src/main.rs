@@ -6,7 +6,7 @@ use std::io::Write;
 
 use microinit::cli::{self, Action};
 use microinit::config::policy::{self, LogStyle, PdeathsigTarget, Subreaper};
-use microinit::config::{Config, Isolation};
+use microinit::config::{self, Config, Isolation};
 use microinit::control::client as control_client;
 use microinit::init::{event_loop, signals, spawn};
 use microinit::runtime_check::{self, which};
@@ -43,7 +43,11 @@ fn run() -> i32 {
             init_logging(LogStyle::Microinit, 0);
             runtime_check::check_main(json, &command, &runtime)
         }
-        Action::Client { request, socket } => control_client::client_main(request, &socket),
+        Action::Client {
+            request,
+            json,
+            socket,
+        } => control_client::client_main(&request, json, &socket),
         Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
     }
 }
@@ -100,6 +104,14 @@ fn supervise(mut cfg: Config) -> i32 {
     init_logging(cfg.policy.log, cfg.verbosity);
     for w in &cfg.warnings {
         log::warn!("{w}");
+    }
+    // The agent credentials are microinit's: no child sees them unless --pass-consul-token says so.
+    if cfg
+        .consul
+        .as_ref()
+        .is_some_and(|c| !c.agent.pass_token_to_children)
+    {
+        spawn::withhold_from_children(&config::consul_agent::CREDENTIAL_VARS);
     }
     // Before any thread exists (the Consul worker inherits the mask): see signals::block_all.
     let mask = match signals::block_all() {
@@ -182,13 +194,9 @@ fn supervise(mut cfg: Config) -> i32 {
         }
         runtime_summary = Some(report.summary());
     }
-    // The runtime check may have waited for the volume, so look again; without it nothing changed since the
-    // first lookup, and walking PATH again would only repeat its stat(2) calls on the start-up path.
-    let app_path = match if cfg.runtime.enabled {
-        resolve()
-    } else {
-        first
-    } {
+    // Look again only when the first lookup failed (a dangling link the check then waited for): otherwise
+    // nothing changed since, and walking PATH again would only repeat its stat(2) calls on the start-up path.
+    let app_path = match first.or_else(|_| resolve()) {
         Ok(p) => p,
         Err(e) => return lookup_failed(&cfg, &e, &name),
     };

@@ -428,7 +428,12 @@ fn hostile_clients_do_not_delay_sigterm_forwarding() {
             .all(|c| c.load(Ordering::Relaxed) >= 2)
             .then_some(())
     })
-    .expect("every hostile client to be cut off once");
+    .unwrap_or_else(|| {
+        panic!(
+            "every hostile client to be cut off once: connections {connections:?}; PID 1's stderr: {}",
+            pid1.stderr()
+        )
+    });
     let status = pid1.status();
     assert_eq!(
         status["app"]["state"], "running",

@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::config::*;
+use crate::control::protocol::Request;
 use crate::init::signals::parse_signal;
 use flags::{Kind, Parsed};
 pub use options::DEFAULT_SOCKET;
@@ -33,21 +34,14 @@ pub enum Action {
     },
     /// `microinit exec -- CMD`: run CMD as a child subreaper (docker exec sessions, HEALTHCHECKs).
     Exec(Box<Config>),
-    /// `status`, `signal`, `restart`, `maintenance`: talk to PID 1's control socket.
+    /// `status`, `signal`, `restart`, `maintenance`: talk to PID 1's control socket (`json`: `status --json`).
     Client {
-        request: ClientRequest,
+        request: Request,
+        json: bool,
         socket: PathBuf,
     },
     /// A text to print, exit 0 (`--help`, `--version`, `tini -l`); dumb-init prints them on stderr.
     Print { text: String, stderr: bool },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientRequest {
-    Status { json: bool },
-    Signal(String),
-    Restart,
-    Maintenance { on: bool, reason: Option<String> },
 }
 
 /// A usage error: the text for stderr (complete lines) and the exit code (microinit 2, tini/dumb-init 1).
@@ -67,8 +61,15 @@ impl UsageError {
     }
 }
 
-/// Variables read besides the tables' twins.
-const EXTRA_ENV: &[&str] = &["CONSUL_HTTP_TOKEN", "RUST_LOG"];
+/// Variables read besides the tables' twins: Consul's env-only client variables (a secret in a flag would
+/// show in ps), and RUST_LOG.
+const EXTRA_ENV: &[&str] = &[
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_AUTH",
+    "CONSUL_HTTP_SSL",
+    "CONSUL_HTTP_SSL_VERIFY",
+    "RUST_LOG",
+];
 
 fn env_options(env: &dyn Fn(&str) -> Option<OsString>) -> Result<Options, UsageError> {
     // Every MICROINIT_*/CONSUL_* key is read in every dialect: a tini/dumb-init drop-in can use them too.
@@ -255,13 +256,10 @@ fn parse_client(
         }
     }
     let request = match (words[0].as_str(), positional.as_slice()) {
-        ("status", []) => ClientRequest::Status { json },
-        ("signal", [sig]) => {
-            parse_signal(sig).map_err(UsageError::microinit)?;
-            ClientRequest::Signal(sig.clone())
-        }
-        ("restart", []) => ClientRequest::Restart,
-        ("maintenance", [m]) if m == "on" || m == "off" => ClientRequest::Maintenance { on: m == "on", reason },
+        ("status", []) => Request::Status,
+        ("signal", [sig]) => Request::Signal(parse_signal(sig).map_err(UsageError::microinit)?),
+        ("restart", []) => Request::Restart,
+        ("maintenance", [m]) if m == "on" || m == "off" => Request::Maintenance { on: m == "on", reason },
         (cmd, _) => {
             return Err(UsageError::microinit(format!(
                 "bad arguments for `microinit {cmd}`: usage is `microinit status [--json]`, `microinit signal SIG`, `microinit restart` or `microinit maintenance on|off [--reason TEXT]`"
@@ -270,6 +268,7 @@ fn parse_client(
     };
     Ok(Action::Client {
         request,
+        json,
         socket: PathBuf::from(socket),
     })
 }
@@ -411,7 +410,7 @@ mod tests {
         assert!(matches!(
             run(&["microinit", "maintenance", "on", "--reason", "x"], &[]),
             Ok(Action::Client {
-                request: ClientRequest::Maintenance { on: true, .. },
+                request: Request::Maintenance { on: true, .. },
                 ..
             })
         ));

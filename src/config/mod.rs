@@ -9,7 +9,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod consul_agent;
 pub mod policy;
+pub mod user_file;
+
+pub use consul_agent::AgentConfig;
 pub use policy::DialectPolicy;
 
 /// Which command-line dialect we were started with (chosen by argv[0] or the subcommand).
@@ -118,21 +122,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where the Consul agent is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsulAddr {
-    /// "http" or "https".
-    pub scheme: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl ConsulAddr {
-    pub fn base_url(&self) -> String {
-        format!("{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// When the service is first marked passing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -168,9 +157,8 @@ pub enum ServiceSource {
 /// Options of Consul registration; `None` in `Config` when registration is off.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
-    pub addr: ConsulAddr,
-    pub token: Option<Secret>,
-    pub cacert: Option<PathBuf>,
+    /// How to reach and authenticate to the agent (the `CONSUL_*` convention).
+    pub agent: AgentConfig,
     pub service: ServiceSource,
     pub check_ttl: Duration,
     pub deregister_after: Duration,
@@ -270,16 +258,7 @@ impl Options {
 /// `s` for a one-line message: control characters (newlines, escape sequences) shown escaped, so a value
 /// echoed back cannot forge extra lines or drive the terminal.
 pub fn escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    crate::text::for_terminal(s).into_owned()
 }
 
 /// "250ms", "10s", "1m", "2h", "1m30s" or a bare number of seconds ("1.5").
@@ -352,7 +331,7 @@ mod tests {
 
     #[test]
     fn escaping_keeps_an_echoed_value_on_one_line() {
-        assert_eq!(escape("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape("a\nb\x1b[31m"), "a\\nb\\x1b[31m");
         assert_eq!(escape("grüße 10s"), "grüße 10s");
     }
 

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 
-use crate::cli::ClientRequest;
 use crate::control::protocol::{Reply, Request, MAX_REPLY};
 use crate::control::render::render_status;
 use crate::control::server::connect_nonblocking;
-use crate::init::signals::parse_signal;
 
 /// Exit codes of the client commands.
 pub const EXIT_OK: i32 = 0;
@@ -28,38 +26,24 @@ pub const EXIT_NO_SOCKET: i32 = 3;
 /// Connect, send and receive must all fit in this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Run one client command against the socket at `socket`; returns the process exit code.
-pub fn client_main(cmd: ClientRequest, socket: &Path) -> i32 {
-    let request = match &cmd {
-        ClientRequest::Status { .. } => Request::Status,
-        ClientRequest::Signal(sig) => match parse_signal(sig) {
-            Ok(sig) => Request::Signal(sig),
-            Err(e) => {
-                eprintln!("microinit: {e}");
-                return EXIT_FAILED;
-            }
-        },
-        ClientRequest::Restart => Request::Restart,
-        ClientRequest::Maintenance { on, reason } => Request::Maintenance {
-            on: *on,
-            reason: reason.clone(),
-        },
-    };
-    let reply = match call(socket, &request, TIMEOUT) {
+/// Send `request` to the socket at `socket` and print the answer (`json`: the status document as JSON);
+/// returns the process exit code.
+pub fn client_main(request: &Request, json: bool, socket: &Path) -> i32 {
+    let reply = match call(socket, request, TIMEOUT) {
         Ok(reply) => reply,
         Err((code, msg)) => {
             eprintln!("microinit: {msg}");
             return code;
         }
     };
-    match (reply, cmd) {
-        (Reply::Failed(msg), _) => {
+    match reply {
+        Reply::Failed(msg) => {
             eprintln!("microinit: {msg}");
             return EXIT_FAILED;
         }
-        (Reply::Status(s), ClientRequest::Status { json: true }) => println!("{:#}", s.to_json()),
-        (Reply::Status(s), _) => print!("{}", render_status(&s, unix_now())),
-        (Reply::Done(msg), _) => println!("{msg}"),
+        Reply::Status(s) if json => println!("{:#}", s.to_json()),
+        Reply::Status(s) => print!("{}", render_status(&s, unix_now())),
+        Reply::Done(msg) => println!("{msg}"),
     }
     EXIT_OK
 }
@@ -203,7 +187,7 @@ mod tests {
         // A socket file nobody listens on (left by a dead PID 1) is the same case.
         drop(UnixListener::bind(dir.sock()).expect("bind"));
         assert_eq!(
-            client_main(ClientRequest::Restart, &dir.sock()),
+            client_main(&Request::Restart, false, &dir.sock()),
             EXIT_NO_SOCKET
         );
     }
@@ -232,34 +216,36 @@ mod tests {
         let path = dir.sock();
         let client = std::thread::spawn(move || {
             let status = call(&path, &Request::Status, TIMEOUT);
-            let sig = client_main(ClientRequest::Signal("SIGRTMIN+2".into()), &path);
-            let maint = client_main(
-                ClientRequest::Maintenance {
-                    on: true,
-                    reason: Some("deploy".into()),
-                },
-                &path,
-            );
-            let refused = client_main(
-                ClientRequest::Maintenance {
-                    on: true,
-                    reason: Some("fail".into()),
-                },
-                &path,
-            );
-            let bad_sig = client_main(ClientRequest::Signal("NOPE".into()), &path);
-            (status, sig, maint, refused, bad_sig)
+            let codes = [
+                client_main(&Request::Status, true, &path),
+                client_main(&Request::Status, false, &path),
+                client_main(&Request::Signal(libc::SIGRTMIN() + 2), false, &path),
+                client_main(
+                    &Request::Maintenance {
+                        on: true,
+                        reason: Some("deploy".into()),
+                    },
+                    false,
+                    &path,
+                ),
+                client_main(
+                    &Request::Maintenance {
+                        on: true,
+                        reason: Some("fail".into()),
+                    },
+                    false,
+                    &path,
+                ),
+            ];
+            (status, codes)
         });
         serve_until(&mut server, &mut h, |_, _| client.is_finished());
-        let (status, sig, maint, refused, bad_sig) = client.join().expect("client");
+        let (status, codes) = client.join().expect("client");
         let Ok(Reply::Status(status)) = status else {
             panic!("a status reply: {status:?}")
         };
         assert_eq!(status.app.pid, Some(42));
-        assert_eq!(
-            (sig, maint, refused, bad_sig),
-            (EXIT_OK, EXIT_OK, EXIT_FAILED, EXIT_FAILED)
-        );
+        assert_eq!(codes, [EXIT_OK, EXIT_OK, EXIT_OK, EXIT_OK, EXIT_FAILED]);
         assert_eq!(h.signals, vec![libc::SIGRTMIN() + 2]);
         assert_eq!(h.maintenance, vec![(true, Some("deploy".into()))]);
     }

@@ -168,7 +168,7 @@ impl ControlServer {
             clients: Vec::new(),
             next_id: 0,
             signals_connect: false,
-            // A client may have connected between bind and `signal_on_connect`: look once.
+            // Until `signal_on_connect` looks at the backlog: a client may have connected since bind.
             accept_due: true,
             accept_paused_until: None,
         })
@@ -189,12 +189,20 @@ impl ControlServer {
                 && libc::fcntl(fd, F_SETSIG, libc::SIGIO) == 0
                 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) == 0
         };
-        self.signals_connect = ok;
-        if ok {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+        if !ok {
+            return Err(io::Error::last_os_error());
         }
+        self.signals_connect = true;
+        // A client that connected before O_ASYNC was set raised no SIGIO: one look at the backlog (poll, no
+        // timeout) decides whether the first wait may already be the read(2) one.
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        self.accept_due = unsafe { libc::poll(&mut p, 1, 0) } != 0;
+        Ok(())
     }
 
     /// True for the SIGIO that `signal_on_connect` asked for (a positive si_code only comes from the

@@ -76,6 +76,14 @@ fn cstr(b: &[u8]) -> Result<CString, SpawnError> {
     CString::new(b).map_err(|_| SpawnError::BadArgument)
 }
 
+/// Remove `names` from microinit's own environment, which every child (app, hooks, health command) inherits
+/// through exec. Call before any thread exists: setenv/unsetenv race with every other thread's getenv.
+pub fn withhold_from_children(names: &[&str]) {
+    for name in names {
+        std::env::remove_var(name);
+    }
+}
+
 /// Fork and exec. Returns the child's pid once exec has succeeded (or the exec error).
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
     // Everything the child needs is allocated before fork: after fork only async-signal-safe calls are

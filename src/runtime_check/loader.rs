@@ -518,16 +518,16 @@ pub(super) fn glibc_default_dirs(elf: &Elf) -> Vec<PathBuf> {
     dirs
 }
 
-/// glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after an old "ld.so-1.7.0" part), indexed once:
-/// each entry maps a library name to a path (native byte order). Bounded on a crafted file: the entry count
-/// is capped by the file size, names by NAME_MAX and paths by PATH_MAX, and the index is one allocation of
-/// 16 bytes per entry sorted by a hash of the name, so building it is linear and each lookup logarithmic.
+/// glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after an old "ld.so-1.7.0" part): entries that map a
+/// library name to a path (native byte order), sorted by ldconfig in descending `libcmp` order. A lookup is the
+/// loader's own binary search (dl-cache.c): O(log n) comparisons, nothing built beforehand, nothing allocated but
+/// the answer. On a crafted file the entry count is capped by the file size and every string read is bounded
+/// (NAME_MAX, PATH_MAX); an unsorted file gives wrong answers as it does to the loader, never unbounded work.
 pub(super) struct LdCache {
     data: Vec<u8>,
     /// Where the "glibc-ld.so.cache1.1" part starts: string offsets count from there.
     base: usize,
-    /// (hash of the name, offset of the name, offset of the path).
-    index: Vec<(u64, u32, u32)>,
+    nlibs: usize,
 }
 
 /// NAME_MAX + 1 and PATH_MAX: no library name or path the loader could open is longer.
@@ -538,67 +538,106 @@ impl LdCache {
     pub(super) fn parse(data: Vec<u8>) -> LdCache {
         const OLD: &[u8] = b"ld.so-1.7.0";
         const NEW: &[u8] = b"glibc-ld.so.cache1.1";
-        let mut cache = LdCache {
+        let none = |data| LdCache {
             data,
             base: 0,
-            index: Vec::new(),
-        };
-        let data = &cache.data;
-        let u32_at = |at: usize| -> Option<usize> {
-            let b = data.get(at..at.checked_add(4)?)?;
-            usize::try_from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok()
+            nlibs: 0,
         };
         let mut base = 0usize;
         if data.starts_with(OLD) {
             // Old header (16 bytes) and 12-byte entries, then the new header aligned to 8.
-            let Some(n) = u32_at(12) else { return cache };
+            let Some(n) = u32_at(&data, 12) else {
+                return none(data);
+            };
             base = n.saturating_mul(12).saturating_add(16 + 7) & !7;
         }
         if !data.get(base..).is_some_and(|d| d.starts_with(NEW)) {
-            return cache;
+            return none(data);
         }
-        let Some(nlibs) = u32_at(base + 20) else {
-            return cache;
+        let Some(nlibs) = u32_at(&data, base + 20) else {
+            return none(data);
         };
         // 48-byte header, 24-byte entries: a count beyond what the file holds is a lie.
-        let fit = data.len().saturating_sub(base + 48) / 24;
-        let mut index = Vec::with_capacity(nlibs.min(fit));
-        for i in 0..nlibs.min(fit) {
-            let entry = base + 48 + i * 24;
-            let (Some(key), Some(value)) = (u32_at(entry + 4), u32_at(entry + 8)) else {
-                break;
-            };
-            if let Some(name) = cstr(data, base.saturating_add(key), CACHE_NAME_MAX) {
-                if let (Ok(k), Ok(v)) = (u32::try_from(key), u32::try_from(value)) {
-                    index.push((fnv1a(name), k, v));
-                }
-            }
-        }
-        // Stable: entries of one name stay in the file's order, which the loader honours.
-        index.sort_by_key(|e| e.0);
-        cache.base = base;
-        cache.index = index;
-        cache
+        let nlibs = nlibs.min(data.len().saturating_sub(base + 48) / 24);
+        LdCache { data, base, nlibs }
+    }
+
+    /// (name, path) of entry `i`, each bounded; `None` when out of bounds or unterminated.
+    fn entry(&self, i: usize) -> Option<(&[u8], &[u8])> {
+        let at = self.base + 48 + i * 24;
+        let key = self.base.checked_add(u32_at(&self.data, at + 4)?)?;
+        let value = self.base.checked_add(u32_at(&self.data, at + 8)?)?;
+        Some((
+            cstr(&self.data, key, CACHE_NAME_MAX)?,
+            cstr(&self.data, value, CACHE_PATH_MAX)?,
+        ))
     }
 
     /// Every path the cache gives for `name`, in the cache's order.
     pub(super) fn lookup(&self, name: &[u8]) -> Vec<PathBuf> {
-        let h = fnv1a(name);
-        let start = self.index.partition_point(|e| e.0 < h);
-        let mut hits = Vec::new();
-        for &(eh, key, value) in &self.index[start..] {
-            if eh != h {
-                break;
-            }
-            let at = |off: u32| self.base.saturating_add(off as usize);
-            if cstr(&self.data, at(key), CACHE_NAME_MAX) == Some(name) {
-                if let Some(v) = cstr(&self.data, at(value), CACHE_PATH_MAX) {
-                    hits.push(PathBuf::from(OsStr::from_bytes(v)));
+        use std::cmp::Ordering;
+        let cmp = |i: usize| self.entry(i).map(|(k, _)| libcmp(name, k));
+        let (mut left, mut right) = (0usize, self.nlibs);
+        while left < right {
+            let middle = left + (right - left) / 2;
+            match cmp(middle) {
+                // Descending order: a smaller name lies further right.
+                Some(Ordering::Less) => left = middle + 1,
+                Some(Ordering::Greater) => right = middle,
+                // An unreadable entry ends the search, as a crafted file deserves.
+                None => return Vec::new(),
+                Some(Ordering::Equal) => {
+                    // The first of the equal entries, then all of them in order.
+                    let mut first = middle;
+                    while first > 0 && cmp(first - 1) == Some(Ordering::Equal) {
+                        first -= 1;
+                    }
+                    return (first..self.nlibs)
+                        .map_while(|i| self.entry(i).filter(|(k, _)| libcmp(name, k).is_eq()))
+                        .map(|(_, v)| PathBuf::from(OsStr::from_bytes(v)))
+                        .collect();
                 }
             }
         }
-        hits
+        Vec::new()
     }
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<usize> {
+    let b = data.get(at..at.checked_add(4)?)?;
+    usize::try_from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok()
+}
+
+/// glibc's `_dl_cache_libcmp`: byte order, except that runs of digits compare as numbers ("libfoo.so.10" after
+/// "libfoo.so.9"), and a digit sorts after a non-digit.
+fn libcmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() {
+        let (x, y) = (a[i], b.get(j).copied().unwrap_or(0));
+        match (x.is_ascii_digit(), y.is_ascii_digit()) {
+            (true, true) => {
+                let number = |s: &[u8], mut k: usize| {
+                    let mut v: u64 = 0;
+                    while let Some(d) = s.get(k).filter(|d| d.is_ascii_digit()) {
+                        v = v.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+                        k += 1;
+                    }
+                    (v, k)
+                };
+                let ((va, ni), (vb, nj)) = (number(a, i), number(b, j));
+                if va != vb {
+                    return va.cmp(&vb);
+                }
+                (i, j) = (ni, nj);
+            }
+            (true, false) => return Ordering::Greater,
+            (false, true) => return Ordering::Less,
+            (false, false) if x != y => return x.cmp(&y),
+            (false, false) => (i, j) = (i + 1, j + 1),
+        }
+    }
+    0u8.cmp(&b.get(j).copied().unwrap_or(0))
 }
 
 /// The NUL-terminated string at `at`, if it ends within `max` bytes and the file.
@@ -606,13 +645,6 @@ fn cstr(data: &[u8], at: usize, max: usize) -> Option<&[u8]> {
     let s = data.get(at..)?;
     let s = &s[..s.len().min(max)];
     Some(&s[..s.iter().position(|&b| b == 0)?])
-}
-
-/// FNV-1a: a hash of a name without allocating (the index only needs to spread names).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
@@ -629,9 +661,19 @@ mod tests {
                 .any(|p| p.ends_with("libc.so.6") && p.is_absolute()),
             "{libc:?}"
         );
-        assert!(LdCache::parse(data.clone())
-            .lookup(b"libnot-there.so.1")
-            .is_empty());
+        let cache = LdCache::parse(data.clone());
+        assert!(cache.lookup(b"libnot-there.so.1").is_empty());
+        // The binary search finds every name the cache holds, with its path: the order is glibc's.
+        assert!(cache.nlibs > 10);
+        for i in 0..cache.nlibs {
+            let (k, v) = cache.entry(i).unwrap();
+            let found = cache.lookup(k);
+            assert!(
+                found.contains(&PathBuf::from(OsStr::from_bytes(v))),
+                "{}: {found:?}",
+                String::from_utf8_lossy(k)
+            );
+        }
         // Truncated or garbage caches give nothing, without panicking.
         for cut in [0, 10, 30, 60, data.len() / 2] {
             let _ = LdCache::parse(data[..cut].to_vec()).lookup(b"libc.so.6");

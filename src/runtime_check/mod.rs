@@ -1,16 +1,19 @@
 //! The runtime check: before the app is spawned, prove that everything it needs from the runtime volume is
-//! there, and say exactly what is missing.
+//! there, and say exactly what is missing. It costs what the app needs, not what the image holds.
 //!
 //! Owns: resolving CMD through PATH (with `which`) and its symlink chain, the `#!` interpreter of a script
 //! (and the program behind `#!/usr/bin/env NAME`), an ELF program's interpreter (PT_INTERP) and its libraries
 //! searched the way glibc's or musl's loader does (DT_RPATH/DT_RUNPATH with $ORIGIN, LD_LIBRARY_PATH,
-//! /etc/ld.so.cache, /etc/ld-musl-ARCH.path, default directories), recursively; symlinks into the runtime
-//! directory from the standard directories; `--require` paths; waiting for a late volume; the report (text,
-//! JSON, stderr message) and the `microinit check` subcommand.
+//! /etc/ld.so.cache, /etc/ld-musl-ARCH.path, default directories), recursively; `--require` paths; the links
+//! into the runtime directory (those of the image-time manifest, or a scan when asked); the volume's manifest at
+//! `docker build`; waiting for a late volume; the report (text, JSON, stderr message, hints) and the
+//! `microinit check` subcommand. Every bound on a hostile image (file sizes, entries, candidates) is reported
+//! when reached.
 //! Split by concern: `report`, `resolve` (paths in the image root), `program` (command, `#!`), `loader`
-//! (PT_INTERP, DT_NEEDED), `links` (runtime-dir links, `--require`), `wait`, `files` (bounded reads), `elf`,
+//! (PT_INTERP, DT_NEEDED, ld.so.cache), `links` (runtime-dir links, `--require`), `manifest` (the image-time
+//! list of links), `volume` (the volume's state, its manifest, hints), `wait`, `files` (bounded reads), `elf`,
 //! `which`.
-//! Does not own: option parsing (`cli`), reading ELF files (`elf`), spawning the app (`supervisor`).
+//! Does not own: option parsing (`cli`), spawning the app (`init`).
 //!
 //! Every path is resolved inside `RuntimeCheckConfig::root` ("/" in production) with our own symlink walk, so
 //! a dangling link is reported with its target and the check behaves the same in a chroot as in the image.
@@ -137,8 +140,9 @@ struct Checker<'a> {
     ld_library_path: Option<OsString>,
     /// /etc/ld.so.cache, indexed on first use.
     ld_cache: Option<LdCache>,
-    /// lstat results of this check (see `node`).
-    nodes: RefCell<HashMap<PathBuf, Result<Node, i32>>>,
+    /// lstat results of this check (see `node`), keyed by the path's bytes: the walk builds every path the
+    /// same way, and hashing bytes costs less than hashing a Path (component by component).
+    nodes: RefCell<HashMap<OsString, Result<Node, i32>>>,
     /// Whether each library search directory exists: a directory that is not there costs one walk, not one
     /// per library (the memo of failed lookups).
     dirs: HashMap<PathBuf, bool>,

@@ -88,7 +88,7 @@ impl Checker<'_> {
     /// lstat (and readlink for a link) of an image path, remembered for the rest of this check: libraries
     /// share directories, so most lookups are answered without a syscall. Err: the errno.
     pub(super) fn node(&self, p: &Path) -> Result<Node, i32> {
-        if let Some(n) = self.nodes.borrow().get(p) {
+        if let Some(n) = self.nodes.borrow().get(p.as_os_str()) {
             return n.clone();
         }
         let host = self.host(p);
@@ -105,7 +105,7 @@ impl Checker<'_> {
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         self.nodes
             .borrow_mut()
-            .insert(p.to_path_buf(), node.clone());
+            .insert(p.as_os_str().to_os_string(), node.clone());
         node
     }
 
