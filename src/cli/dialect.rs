@@ -325,7 +325,6 @@ pub fn apply(d: Dialect, opts: &Options, env: &dyn Fn(&str) -> Option<OsString>,
                 pdeathsig: PdeathsigTarget::Init,
                 child_signals: ChildSignals::Inherited,
                 chdir_root: false,
-                kill_after_grace: false,
                 // Its synchronous signals, and glibc's own 32 and 33, which its sigfillset leaves out.
                 default_action: &[
                     libc::SIGFPE,
@@ -399,7 +398,6 @@ pub fn apply(d: Dialect, opts: &Options, env: &dyn Fn(&str) -> Option<OsString>,
                 pdeathsig: PdeathsigTarget::App,
                 child_signals: ChildSignals::Reset,
                 chdir_root: true,
-                kill_after_grace: false,
                 // glibc's own 32 and 33: its sigfillset leaves them out, so they keep their default action.
                 default_action: &[32, 33],
                 not_forwarded: &[],
