@@ -66,10 +66,27 @@ impl Run {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Run {
+        Self::start_on_host(None, dir, agent_addr, id, args, env)
+    }
+
+    /// As `start`, in a UTS namespace of its own with `hostname` when given (a container's own hostname).
+    fn start_on_host(
+        hostname: Option<&str>,
+        dir: &PathBuf,
+        agent_addr: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let port = agent_addr.rsplit(':').next().expect("port");
-        let unshare = Command::new("unshare")
-            // --kill-child: a test that fails half-way leaves no microinit behind.
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        let mut unshare = Command::new("unshare");
+        // --kill-child: a test that fails half-way leaves no microinit behind.
+        unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+        if let Some(h) = hostname {
+            // sh sets the name and execs microinit, which so stays PID 1 of the new namespace.
+            unshare.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", h]);
+        }
+        let unshare = unshare
             .arg(microinit_bin())
             .args(["--consul-addr", agent_addr, "--check-ttl", "4s"])
             // An empty id: let microinit pick its default.
@@ -142,16 +159,11 @@ impl Run {
     }
 }
 
-/// A test that fails half-way must not leave its PID namespace running: microinit (its PID 1) takes it down.
+/// A test that fails half-way must not leave its PID namespace running: unshare's --kill-child takes
+/// microinit (and with it the namespace) down when unshare dies.
 impl Drop for Run {
     fn drop(&mut self) {
         if let Ok(None) = self.unshare.try_wait() {
-            if let Some(pid) = self.child_pid() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             let _ = self.unshare.kill();
             let _ = self.unshare.wait();
         }
@@ -1008,8 +1020,8 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
         &dir,
         &agent.addr(),
         "it-missed-1",
-        // The app's SIGTERM trap asks the stalled agent and hangs: the grace ends it.
-        &["--service-name", "it-missed", "--grace", "500ms"],
+        // The app's SIGTERM trap asks the stalled agent and hangs: the opt-in stop timeout ends it.
+        &["--service-name", "it-missed", "--stop-timeout", "500ms"],
         &[],
     );
     wait_until("it-missed passing", SOON, || passing(&agent, "it-missed"));
@@ -1030,11 +1042,15 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
 
 #[test]
 fn two_hundred_fifty_instances_on_one_agent_all_pass() {
-    const N: usize = 250;
+    // MICROINIT_TEST_INSTANCES=500 for the README's figure (more than Consul's 200 connections per address).
+    let instances: usize = std::env::var("MICROINIT_TEST_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
     let agent = DevAgent::start();
     let dir = scratch("many");
     let t0 = Instant::now();
-    let mut children: Vec<Child> = (0..N)
+    let mut children: Vec<Child> = (0..instances)
         .map(|i| {
             // Not PID 1 here: 250 PID namespaces add nothing to what is measured (the agent's side).
             Command::new(microinit_bin())
@@ -1055,12 +1071,13 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
                 .expect("spawn microinit")
         })
         .collect();
-    let mut n = 0;
+    let mut passing = 0;
     let all = (|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // 60 s for 250 (the issue's bound), in proportion for another count.
+        let deadline = Instant::now() + Duration::from_millis(240 * instances as u64);
         while Instant::now() < deadline {
-            n = agent.passing_instances("it-many");
-            if n == N {
+            passing = agent.passing_instances("it-many");
+            if passing == instances {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -1081,8 +1098,8 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
             let _ = c.wait();
         }
     }
-    assert!(all, "only {n} of {N} passing after 60 s");
-    eprintln!("{N} instances passing after {took:?}");
+    assert!(all, "only {passing} of {instances} passing after {took:?}");
+    eprintln!("{instances} instances passing after {took:?}");
     let (_, left) = agent.get("/v1/agent/services");
     assert_eq!(
         left.matches("\"it-many-").count(),
@@ -1135,4 +1152,54 @@ fn an_app_kept_down_is_removed_by_consul_once_and_not_registered_again_in_a_loop
     );
     run.sigterm();
     run.wait(SOON);
+}
+
+#[test]
+fn two_replicas_from_one_service_file_are_two_instances_at_their_own_addresses() {
+    let agent = DevAgent::start();
+    let shared = scratch("svcfile");
+    let file = shared.join("svc.json");
+    // No id, no address: what two replicas of one image would carry.
+    std::fs::write(&file, r#"{"service": {"name": "it-file", "port": 8080}}"#).expect("write");
+    let file = file.to_string_lossy().to_string();
+    let runs: Vec<Run> = ["replica-a", "replica-b"]
+        .iter()
+        .map(|host| {
+            let dir = scratch(&format!("svcfile-{host}"));
+            let args = [
+                "--service-file",
+                file.as_str(),
+                "--service-interface",
+                "lo",
+                "--ready",
+                "immediate",
+            ];
+            Run::start_on_host(Some(host), &dir, &agent.addr(), "", &args, &[])
+        })
+        .collect();
+    wait_until("both replicas passing", SOON, || {
+        agent.passing_instances("it-file") == 2
+    });
+    for (run, host) in runs.iter().zip(["replica-a", "replica-b"]) {
+        let id = std::fs::read_to_string(run.dir.join("service_id")).expect("the app got its ID");
+        assert!(id.starts_with(&format!("it-file-{host}")), "{id}");
+        let s = agent.service(&id, None).expect("registered under that ID");
+        assert_eq!(
+            s["Address"], "127.0.0.1",
+            "the address of --service-interface"
+        );
+    }
+    let mut runs = runs.into_iter();
+    let first = runs.next().expect("first");
+    first.stop_app();
+    assert_eq!(first.wait(SOON).code(), Some(0));
+    assert_eq!(
+        agent.passing_instances("it-file"),
+        1,
+        "stopping one replica must keep the other"
+    );
+    for r in runs {
+        r.stop_app();
+        r.wait(SOON);
+    }
 }

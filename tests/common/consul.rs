@@ -62,6 +62,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// A connection to `addr` (an IPv4 loopback `ip:port`) from 127.0.0.2: Consul limits concurrent connections per
+/// client address (200), and a test that runs hundreds of instances from 127.0.0.1 must still see the agent.
+fn connect_as_observer(addr: &str) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let Ok(target) = addr.parse::<std::net::SocketAddrV4>() else {
+        return TcpStream::connect(addr); // a host name: the ordinary way
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 2, 0))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target))?;
+    Ok(TcpStream::from(fd))
+}
+
 /// One HTTP/1.0 request; returns (status, body).
 pub fn http(
     addr: &str,
@@ -70,7 +89,7 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let s = TcpStream::connect(addr)?;
+    let s = connect_as_observer(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     http_on(s, addr, method, path, token, body)
 }
