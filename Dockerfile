@@ -6,7 +6,8 @@
 # busybox-static BEFORE `docker build`, then stages this context:
 #     rootfs/     this repository's rootfs/ (directory layout, /etc files), without the .keep placeholders
 #     busybox     /bin/busybox from Debian's busybox-static
-#     microinit   target/x86_64-unknown-linux-musl/release/microinit
+#     microinit   target/dist/microinit (scripts/build.sh), or target/dist/microinit-https for the TLS
+#                 variant PREFIX/base-https (same Dockerfile, the `--features https` build: rustls + ring)
 # Why not a build stage: the machines this project builds and tests on run a Docker engine with no registry,
 # so there is no rust:* or debian:* image to build in; everything is FROM scratch. With a registry, the
 # equivalent multi-stage build is:

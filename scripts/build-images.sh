@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the static microinit and the microcontainer images, all FROM scratch (the engine needs no registry):
 #   PREFIX/base        busybox + microinit (Dockerfile at the repository root)
+#   PREFIX/base-https  the same with the TLS build of microinit (`--features https`: rustls, for an https://
+#                      Consul agent with CONSUL_CACERT, client certificates and CONSUL_TLS_SERVER_NAME)
 #   PREFIX/filebox     the runtime volume with node and the libraries it needs (scripts/filebox.sh)
 #   PREFIX/node-hello  the example app: app.js + symlinks into the volume, FROM PREFIX/base
 #   PREFIX/consul      a Consul agent (examples/consul/Dockerfile)
@@ -9,6 +11,7 @@
 #   STAGE_ONLY=1 scripts/build-images.sh   only build microinit and stage the contexts in BUILD_DIR (base/,
 #                                          filebox/, node-hello/): no Docker needed (scripts/demo.sh uses this)
 # Env: IMAGE_PREFIX (default microinit), IMAGE_TAG (default latest), BUILD_DIR (staging, default <repo>/.build),
+#      MICROINIT_BIN / MICROINIT_HTTPS_BIN (already built binaries; default: scripts/build.sh builds them),
 #      NODE_BIN (default: node in PATH), CONSUL_BIN (default: what scripts/install-consul.sh installs),
 #      MICROINIT_CACHE (download cache, default <repo>/.cache).
 # Needs: docker, cargo + rustup, apt-get + dpkg (busybox-static is downloaded, not installed), jq.
@@ -57,15 +60,30 @@ step "building the static microinit (musl)"
 microinit=${MICROINIT_BIN:-$("$repo/scripts/build.sh" | tail -1)} || die "scripts/build.sh failed"
 [ -x "$microinit" ] || die "$microinit missing after cargo build"
 
-step "staging the base image context"
+if [ -z "$stage_only" ]; then
+    step "building the TLS build of microinit (--features https)"
+    microinit_https=${MICROINIT_HTTPS_BIN:-$(MICROINIT_FEATURES=https "$repo/scripts/build.sh" | tail -1)} \
+        || die "MICROINIT_FEATURES=https scripts/build.sh failed"
+    [ -x "$microinit_https" ] || die "$microinit_https missing after cargo build"
+fi
+
+# stage_base DIR BINARY: the base image context (rootfs, busybox, the given microinit).
+stage_base() {
+    rm -rf "$1"
+    mkdir -p "$1"
+    cp -a "$repo/rootfs" "$1/rootfs"
+    find "$1/rootfs" -name .keep -delete
+    cp "$busybox" "$1/busybox"
+    cp "$2" "$1/microinit"
+}
+step "staging the base image contexts (plain and https)"
 busybox=$(fetch_busybox)
-rm -rf "$build/base"
-mkdir -p "$build/base"
-cp -a "$repo/rootfs" "$build/base/rootfs"
-find "$build/base/rootfs" -name .keep -delete
-cp "$busybox" "$build/base/busybox"
-cp "$microinit" "$build/base/microinit"
+stage_base "$build/base" "$microinit"
 docker_build "$prefix/base:$tag" "$build/base" -f "$repo/Dockerfile"
+if [ -z "$stage_only" ]; then
+    stage_base "$build/base-https" "$microinit_https"
+    docker_build "$prefix/base-https:$tag" "$build/base-https" -f "$repo/Dockerfile"
+fi
 
 step "building the runtime volume (filebox) from node"
 node=$(command -v "${NODE_BIN:-node}") || die "node not found (set NODE_BIN): the example app's runtime"

@@ -18,7 +18,7 @@ set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 started=$SECONDS
-run=mie2e-$$-$RANDOM
+run=${E2E_PREFIX:-mie2e}-$$-$RANDOM  # E2E_PREFIX: names of everything created start with it
 label="microinit-e2e=$run"
 net=$run-net
 svc=hello-$run
@@ -44,11 +44,12 @@ for tool in curl jq node; do command -v $tool >/dev/null || die "$tool not found
 build=$(mktemp -d "${TMPDIR:-/tmp}/$run.XXXXXX")
 prefix=microinit-$run
 base=$prefix/base:e2e filebox=$prefix/filebox:e2e app=$prefix/node-hello:e2e consul=$prefix/consul:e2e
+base_https=$prefix/base-https:e2e
 
 cleanup() {
     remove_labelled "$label"
     docker network rm "$net" >/dev/null 2>&1
-    docker rmi "$app" "$base" "$filebox" "$consul" >/dev/null 2>&1
+    docker rmi "$app" "$base" "$base_https" "$filebox" "$consul" >/dev/null 2>&1
     rm -rf "$build"
 }
 trap cleanup EXIT
@@ -59,6 +60,7 @@ IMAGE_PREFIX=$prefix IMAGE_TAG=e2e BUILD_DIR=$build "$repo/scripts/build-images.
     || die "scripts/build-images.sh failed"
 size() { docker image inspect -f '{{.Size}}' "$1"; }
 echo "image-size base $(size "$base")"
+echo "image-size base-https $(size "$base_https")"
 echo "image-size app $(size "$app")"
 echo "image-size filebox $(size "$filebox")"
 echo "image-size consul $(size "$consul")"
@@ -209,6 +211,40 @@ if [ "$code" = 127 ] && grep -q /opt/files <<<"$out" && grep -q -- --volumes-fro
     pass "without --volumes-from: exit 127, report names /opt/files and --volumes-from"
 else
     fail "without --volumes-from: exit $code, output: $out"
+fi
+
+# TLS: the agent's standard certificate (server.dc1.consul, made by `consul tls`) reached by container name,
+# with verify_incoming (mTLS), from the base-https image; the plain image says it has no TLS.
+say "TLS: an agent with verify_incoming, reached by container name from $base_https"
+tls=$build/tls
+consul_bin=${CONSUL_BIN:-$("$repo/scripts/install-consul.sh" | tail -n1)}
+mkdir -p "$tls"
+(cd "$tls" && "$consul_bin" tls ca create && "$consul_bin" tls cert create -server &&
+    "$consul_bin" tls cert create -client) >/dev/null || die "consul tls ca/cert create failed"
+run_bg --name "$run-tls" -v "$tls:/tls:ro" "$consul" agent -dev -client 0.0.0.0 -bind 0.0.0.0 -node "tls-$run" \
+    -hcl 'ports { https = 8501 } ca_file = "/tls/consul-agent-ca.pem" verify_incoming = true
+          cert_file = "/tls/dc1-server-consul-0.pem" key_file = "/tls/dc1-server-consul-0-key.pem"'
+tls_ip=$(ip_of "$run-tls")
+poll 30 has_leader "$tls_ip:8500" || die "TLS consul agent elected no leader: $(docker logs "$run-tls" 2>&1 | tail -5)"
+tls_env=(-e "CONSUL_HTTP_ADDR=https://$run-tls:8501" -e CONSUL_CACERT=/tls/consul-agent-ca.pem
+    -e CONSUL_CLIENT_CERT=/tls/dc1-client-consul-0.pem -e CONSUL_CLIENT_KEY=/tls/dc1-client-consul-0-key.pem
+    -e CONSUL_TLS_SERVER_NAME=server.dc1.consul -e "MICROINIT_SERVICE_NAME=tls-$run")
+run_bg --name "$run-tlsapp" -v "$tls:/tls:ro" "${tls_env[@]}" "$base_https" sleep 600
+tls_passing() { [ "$(instances "$tls_ip:8500" "tls-$run" passing)" = 1 ]; }
+if poll 30 tls_passing; then
+    pass "base-https: registered and passing over mTLS at https://$run-tls:8501 (server name server.dc1.consul)"
+else
+    fail "base-https never passing over TLS: $(logs "$run-tlsapp" | tail -5)"
+fi
+docker stop -t 10 "$run-tlsapp" >/dev/null
+tls_gone() { [ "$(instances "$tls_ip:8500" "tls-$run")" = 0 ]; }
+if poll 10 tls_gone; then pass "base-https: deregistered over mTLS on docker stop"; else fail "TLS service still registered"; fi
+out=$(docker run --rm --label "$label" --network "$net" -v "$tls:/tls:ro" "${tls_env[@]}" "$base" true 2>&1)
+code=$?
+if [ "$code" = 2 ] && grep -q "plain build, without TLS" <<<"$out"; then
+    pass "plain base image with an https:// agent: exit 2, one line naming the TLS build"
+else
+    fail "plain base image with an https:// agent: exit $code, output: $out"
 fi
 
 say "took $((SECONDS - started)) s"

@@ -53,7 +53,7 @@ cargo test --locked --features https --lib -- consul::
 
 if [ -z "${SKIP_E2E:-}" ]; then
     step "Docker end-to-end (scripts/e2e-docker.sh)"
-    MICROINIT_BIN=$MICROINIT_BIN scripts/e2e-docker.sh
+    MICROINIT_BIN=$MICROINIT_BIN MICROINIT_HTTPS_BIN=$MICROINIT_HTTPS_BIN scripts/e2e-docker.sh
     step "Consul cluster end-to-end, short form (scripts/cluster-e2e.sh; \`long\` for the full figures)"
     MICROINIT_BIN=$MICROINIT_BIN scripts/cluster-e2e.sh
 fi

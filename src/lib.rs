@@ -8,3 +8,4 @@ pub mod consul;
 pub mod control;
 pub mod init;
 pub mod runtime_check;
+pub mod text;

@@ -41,11 +41,12 @@ fn scratch(name: &str) -> PathBuf {
 /// On SIGTERM it asks the agent for its own service and writes the HTTP status line to DIR/on_sigterm.
 const APP: &str = r#"
 dir=$1 port=$2 id=$3
-printf %s "${MICROINIT_SERVICE_ID:-}" > "$dir/service_id"
 trap 'exec 3<>/dev/tcp/127.0.0.1/$port
       printf "GET /v1/agent/service/%s HTTP/1.0\r\n\r\n" "$id" >&3
       head -n1 <&3 | tr -d "\r" > "$dir/on_sigterm.tmp" && mv "$dir/on_sigterm.tmp" "$dir/on_sigterm"
       exit 0' TERM
+# Written after the trap is set: a test that sends SIGTERM waits for this file first.
+printf %s "${MICROINIT_SERVICE_ID:-}" > "$dir/service_id"
 while [ ! -e "$dir/stop" ]; do sleep 0.05 & wait $!; done
 if [ -n "${CRASH_SIG:-}" ]; then kill -"$CRASH_SIG" $$; fi
 exit "${EXIT_CODE:-0}"
@@ -65,9 +66,27 @@ impl Run {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Run {
+        Self::start_on_host(None, dir, agent_addr, id, args, env)
+    }
+
+    /// As `start`, in a UTS namespace of its own with `hostname` when given (a container's own hostname).
+    fn start_on_host(
+        hostname: Option<&str>,
+        dir: &PathBuf,
+        agent_addr: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let port = agent_addr.rsplit(':').next().expect("port");
-        let unshare = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc"])
+        let mut unshare = Command::new("unshare");
+        // --kill-child: a test that fails half-way leaves no microinit behind.
+        unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+        if let Some(h) = hostname {
+            // sh sets the name and execs microinit, which so stays PID 1 of the new namespace.
+            unshare.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", h]);
+        }
+        let unshare = unshare
             .arg(microinit_bin())
             .args(["--consul-addr", agent_addr, "--check-ttl", "4s"])
             // An empty id: let microinit pick its default.
@@ -87,7 +106,6 @@ impl Run {
             dir: dir.clone(),
         }
     }
-
     /// What microinit logged so far.
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
@@ -131,23 +149,21 @@ impl Run {
             }
             if Instant::now() > deadline {
                 let _ = self.unshare.kill();
-                panic!("microinit did not exit within {timeout:?}");
+                panic!(
+                    "microinit did not exit within {timeout:?}; stderr:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-/// A test that fails half-way must not leave its PID namespace running: microinit (its PID 1) takes it down.
+/// A test that fails half-way must not leave its PID namespace running: unshare's --kill-child takes
+/// microinit (and with it the namespace) down when unshare dies.
 impl Drop for Run {
     fn drop(&mut self) {
         if let Ok(None) = self.unshare.try_wait() {
-            if let Some(pid) = self.child_pid() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             let _ = self.unshare.kill();
             let _ = self.unshare.wait();
         }
@@ -169,6 +185,9 @@ fn passing_when_ready_then_deregistered_after_exit() {
         "8080",
         "--service-tags",
         "a,b",
+        // Nothing listens on 8080: without this, readiness would wait for the port.
+        "--ready",
+        "immediate",
     ];
     let run = Run::start(
         &dir,
@@ -229,6 +248,9 @@ fn sigterm_deregisters_before_the_app_gets_it() {
         &[],
     );
     wait_until("it-term passing", SOON, || passing(&agent, "it-term"));
+    wait_until("the app's SIGTERM trap set", SOON, || {
+        dir.join("service_id").exists()
+    });
     run.sigterm();
     let st = run.wait(SOON);
     assert_eq!(st.code(), Some(0), "the app's trap exits 0");
@@ -319,6 +341,473 @@ fn consul_required_and_agent_down_exits_125() {
     assert_eq!(run.wait(SOON).code(), Some(125));
 }
 
+/// The app keeps a line of microinit's stderr: wait for it (the start line, a warning, a retry).
+fn wait_stderr(run: &Run, what: &str, needle: &str) {
+    wait_until(what, SOON, || run.log().contains(needle));
+}
+
+/// The check's output as Consul shows it (empty when the check is unknown).
+fn check_output(agent: &DevAgent, check: &str) -> String {
+    agent.checks(None)[check]["Output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A health command whose output changes on every run: each new output in Consul is a check update that
+/// went through (a heartbeat), without sleeping for a TTL.
+const TICKING_HEALTH: &str = "cat /proc/sys/kernel/random/uuid";
+
+fn heartbeats_arrive(agent: &DevAgent, check: &str) {
+    let first = check_output(agent, check);
+    wait_until("a new check update", SOON, || {
+        let now = check_output(agent, check);
+        !now.is_empty() && now != first
+    });
+}
+
+#[test]
+fn a_unix_socket_agent_gets_registration_heartbeats_and_deregistration() {
+    let dir = scratch("unix");
+    // The agent has no TCP HTTP listener at all: everything goes through the socket.
+    let agent = DevAgent::start_unix(&dir.join("consul.sock"));
+    let addr = format!("unix://{}", dir.join("consul.sock").display());
+    let args = [
+        "--service-name",
+        "it-unix",
+        "--health-cmd",
+        TICKING_HEALTH,
+        "--health-interval",
+        "100ms",
+    ];
+    let run = Run::start(&dir, &addr, "it-unix-1", &args, &[]);
+    wait_until("it-unix passing", SOON, || passing(&agent, "it-unix"));
+    heartbeats_arrive(&agent, "microinit:it-unix-1");
+    wait_stderr(
+        &run,
+        "the start line",
+        &format!("with {addr}; passing when"),
+    );
+    run.stop_app();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    assert!(
+        agent.service("it-unix-1", None).is_none(),
+        "still registered after exit"
+    );
+}
+
+#[test]
+fn a_one_off_command_with_a_service_port_is_never_passing() {
+    let agent = DevAgent::start();
+    let dir = scratch("oneoff");
+    let port = dev_agent::free_port().to_string();
+    // Image defaults (service name and port in the environment), and a command that never listens.
+    let run = Run::start(
+        &dir,
+        &agent.addr(),
+        "it-oneoff-1",
+        &[],
+        &[
+            ("MICROINIT_SERVICE_NAME", "it-oneoff"),
+            ("MICROINIT_SERVICE_PORT", &port),
+        ],
+    );
+    wait_stderr(
+        &run,
+        "the start line naming the readiness",
+        &format!("passing when 127.0.0.1:{port} accepts connections"),
+    );
+    wait_until("it-oneoff registered", SOON, || {
+        agent.service("it-oneoff-1", None).is_some()
+    });
+    // Two TTL-halves of heartbeats later it is still not passing (the check is critical, not missing).
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            agent.passing_instances("it-oneoff"),
+            0,
+            "a one-off command became passing"
+        );
+        assert_eq!(
+            agent.check_status("microinit:it-oneoff-1", None).as_deref(),
+            Some("critical")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The same configuration with something listening on the port does pass: readiness is the port.
+    let listener = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind port");
+    wait_until("passing once the port accepts", SOON, || {
+        passing(&agent, "it-oneoff")
+    });
+    drop(listener);
+    run.stop_app();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    assert!(agent.service("it-oneoff-1", None).is_none());
+}
+
+#[test]
+fn no_token_reaches_the_app_hooks_or_health_command_unless_passed_explicitly() {
+    let agent = DevAgent::start();
+    let dir = scratch("secrets");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "file-token-41414141\n").expect("write token file");
+    let secrets = [
+        ("CONSUL_HTTP_TOKEN", "env-token-42424242"),
+        ("CONSUL_HTTP_TOKEN_FILE", token_file.to_str().expect("utf8")),
+        ("CONSUL_HTTP_AUTH", "user:password-43434343"),
+    ];
+    let hook = format!("env > {}", dir.join("hook-env").display());
+    for (pass, id) in [(false, "it-secret-1"), (true, "it-secret-2")] {
+        let _ = std::fs::remove_file(dir.join("stop"));
+        let mut args = vec![
+            "--service-name",
+            "it-secret",
+            "--health-cmd",
+            // Consul keeps 4 KB of check output: the lines that matter, not the test harness's variables.
+            "env | grep -e CONSUL -e 424242 -e 434343 -e ^PATH=",
+            "--health-interval",
+            "200ms",
+            "--pre-start",
+            &hook,
+        ];
+        if pass {
+            args.push("--pass-consul-token");
+        }
+        let run = Run::start(&dir, &agent.addr(), id, &args, &secrets);
+        let check = format!("microinit:{id}");
+        // The health command's output (its whole environment) is the check's output in Consul.
+        wait_until("the health output in Consul", SOON, || {
+            check_output(&agent, &check).contains("PATH=")
+        });
+        let seen = [
+            check_output(&agent, &check),
+            std::fs::read_to_string(dir.join("hook-env")).expect("hook env"),
+        ];
+        for text in &seen {
+            // The file's path leads to the token; its name covers CONSUL_HTTP_TOKEN_FILE too.
+            for secret in ["42424242", "43434343", "CONSUL_HTTP_TOKEN"] {
+                assert_eq!(
+                    text.contains(secret),
+                    pass,
+                    "{secret} with --pass-consul-token={pass}: {text}"
+                );
+            }
+        }
+        run.stop_app();
+        assert_eq!(run.wait(SOON).code(), Some(0));
+    }
+}
+
+#[test]
+fn a_rotated_token_file_is_picked_up_when_the_agent_refuses_the_old_token() {
+    let master = "it-master-secret";
+    let agent = DevAgent::start_acl(master);
+    let dir = scratch("rotate");
+    let token_file = dir.join("token");
+    let old = agent.write_token(master, "it-rotate");
+    std::fs::write(&token_file, &old).expect("write token");
+    let args = [
+        "--service-name",
+        "it-rotate",
+        "--health-cmd",
+        TICKING_HEALTH,
+        "--health-interval",
+        "200ms",
+    ];
+    let env = [("CONSUL_HTTP_TOKEN_FILE", token_file.to_str().expect("utf8"))];
+    let run = Run::start(&dir, &agent.addr(), "it-rotate-1", &args, &env);
+    let check = "microinit:it-rotate-1";
+    let status = || agent.check_status(check, Some(master));
+    wait_until("passing with the first token", SOON, || {
+        status().as_deref() == Some("passing")
+    });
+    // Rotation as a secrets manager does it: the new token into the file, then the old one revoked.
+    let new = agent.write_token(master, "it-rotate");
+    std::fs::write(&token_file, &new).expect("rotate token");
+    agent.revoke_token(master, &old);
+    wait_stderr(&run, "the new token noticed", "holds a new token; using it");
+    let output = || {
+        agent.checks(Some(master))[check]["Output"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let after = output();
+    wait_until("heartbeats with the new token", SOON, || output() != after);
+    assert_eq!(status().as_deref(), Some("passing"));
+    run.stop_app();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    assert!(
+        agent.service("it-rotate-1", Some(master)).is_none(),
+        "deregistration with the new token failed"
+    );
+    assert!(!run_stderr(&dir).contains(&new) && !run_stderr(&dir).contains(&old));
+}
+
+fn run_stderr(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+}
+
+#[test]
+fn an_acl_denial_deregisters_nothing_and_promises_no_reaping() {
+    let master = "it-master-secret";
+    let agent = DevAgent::start_acl(master);
+    let dir = scratch("denied");
+    std::fs::write(dir.join("stop"), "").expect("touch stop"); // the app exits at once
+                                                               // A token for another service: registering this one is denied.
+    let token = agent.write_token(master, "someone-else");
+    let run = Run::start(
+        &dir,
+        &agent.addr(),
+        "it-denied-1",
+        &["--service-name", "it-denied", "--ready", "immediate"],
+        &[("CONSUL_HTTP_TOKEN", &token)],
+    );
+    assert_eq!(run.wait(SOON).code(), Some(0));
+    let err = run_stderr(&dir);
+    assert!(err.contains("403"), "{err}");
+    assert!(!err.contains("deregister"), "{err}");
+    assert!(!err.contains("reap"), "{err}");
+}
+
+#[test]
+fn redirects_from_the_agent_address_are_errors_naming_the_status() {
+    // A tiny loopback server that answers every request with a redirect (a real agent never does).
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in server.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let dir = scratch("redirect");
+    let run = Run::start(
+        &dir,
+        &addr,
+        "it-redirect-1",
+        &["--service-name", "it-redirect", "--consul-required"],
+        &[],
+    );
+    assert_eq!(run.wait(SOON).code(), Some(125));
+    let err = run_stderr(&dir);
+    assert!(
+        err.contains("/v1/agent/service/register?replace-existing-checks=true: 301 redirect to \"http://127.0.0.1:1/elsewhere\", not followed"),
+        "{err}"
+    );
+}
+
+/// `microinit ARGS -- true` (not as PID 1: these fail before anything starts), bounded.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(microinit_bin())
+        .args(args)
+        .args(["--", "true"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn microinit");
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("microinit {args:?} {env:?} blocked");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn unusable_files_and_addresses_are_one_line_errors_at_once() {
+    let dir = scratch("badfiles");
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let fifo = fifo.to_str().expect("utf8");
+    let name = ["--service-name", "it-bad"];
+    for (args, env, needle) in [
+        (
+            &name[..],
+            &[("CONSUL_HTTP_TOKEN_FILE", "/dev/zero")][..],
+            "CONSUL_HTTP_TOKEN_FILE /dev/zero: is a character device",
+        ),
+        (
+            &name[..],
+            &[("CONSUL_HTTP_TOKEN_FILE", fifo)][..],
+            "is a FIFO; name a regular file",
+        ),
+        (
+            &["--service-file", "/dev/zero"][..],
+            &[][..],
+            "--service-file /dev/zero: is a character device",
+        ),
+        (
+            &["--service-file", fifo][..],
+            &[][..],
+            "is a FIFO; name a regular file",
+        ),
+        (
+            &["--service-name", "it-bad", "--consul-addr", "[::1"][..],
+            &[][..],
+            "CONSUL_HTTP_ADDR=[::1: unclosed [ in an IPv6 address",
+        ),
+        (
+            &name[..],
+            &[("CONSUL_HTTP_SSL", "maybe")][..],
+            "CONSUL_HTTP_SSL=maybe: not a boolean",
+        ),
+    ] {
+        let err = refused(args, env);
+        assert!(err.contains(needle), "{args:?} {env:?}: {err}");
+    }
+}
+
+#[cfg(not(feature = "https"))]
+#[test]
+fn the_plain_build_refuses_an_https_agent_naming_the_tls_build() {
+    let err = refused(
+        &[
+            "--service-name",
+            "it-bad",
+            "--consul-addr",
+            "https://127.0.0.1:8501",
+        ],
+        &[],
+    );
+    assert!(err.contains("the plain build, without TLS"), "{err}");
+}
+
+#[cfg(feature = "https")]
+mod tls {
+    use super::*;
+    use dev_agent::TlsFiles;
+
+    /// A verify_incoming agent with its certificates, and the microinit environment that reaches it.
+    fn agent(name: &str) -> (DevAgent, TlsFiles, String, PathBuf) {
+        let dir = scratch(name);
+        let tls = TlsFiles::create(&dir.join("tls"));
+        let port = dev_agent::free_port();
+        let agent = DevAgent::start_tls(&tls, port);
+        (agent, tls, format!("https://127.0.0.1:{port}"), dir)
+    }
+
+    fn s(p: &std::path::Path) -> &str {
+        p.to_str().expect("utf8")
+    }
+
+    #[test]
+    fn mtls_with_a_server_name_registers_and_deregisters() {
+        let (agent, tls, addr, dir) = agent("mtls");
+        let env = [
+            ("CONSUL_CACERT", s(&tls.ca)),
+            ("CONSUL_CLIENT_CERT", s(&tls.client_cert)),
+            ("CONSUL_CLIENT_KEY", s(&tls.client_key)),
+            // The address names 127.0.0.1; the name to verify is the agent's standard one.
+            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+        ];
+        let run = Run::start(
+            &dir,
+            &addr,
+            "it-mtls-1",
+            &["--service-name", "it-mtls"],
+            &env,
+        );
+        wait_until("it-mtls passing over mTLS", SOON, || {
+            passing(&agent, "it-mtls")
+        });
+        run.stop_app();
+        assert_eq!(run.wait(SOON).code(), Some(0));
+        assert!(agent.service("it-mtls-1", None).is_none());
+    }
+
+    #[test]
+    fn a_wrong_ca_a_wrong_server_name_or_no_client_certificate_is_refused_cleanly() {
+        let (agent, tls, addr, dir) = agent("tlsbad");
+        let client = [
+            ("CONSUL_CLIENT_CERT", s(&tls.client_cert)),
+            ("CONSUL_CLIENT_KEY", s(&tls.client_key)),
+        ];
+        for (extra, needle) in [
+            (
+                ("CONSUL_CACERT", s(&tls.wrong_ca)),
+                "invalid peer certificate",
+            ),
+            (
+                ("CONSUL_TLS_SERVER_NAME", "server.dc2.consul"),
+                "invalid peer certificate",
+            ),
+        ] {
+            let mut env = client.to_vec();
+            if extra.0 != "CONSUL_CACERT" {
+                env.push(("CONSUL_CACERT", s(&tls.ca)));
+            }
+            env.push(extra);
+            let run = Run::start(
+                &dir,
+                &addr,
+                "it-tlsbad-1",
+                &["--service-name", "it-tlsbad", "--consul-required"],
+                &env,
+            );
+            assert_eq!(run.wait(SOON).code(), Some(125), "{extra:?}");
+            let err = run_stderr(&dir);
+            assert!(err.contains(needle), "{extra:?}: {err}");
+            assert!(agent.service("it-tlsbad-1", None).is_none());
+        }
+        // Right CA, no client certificate: the agent (verify_incoming) refuses the handshake.
+        let run = Run::start(
+            &dir,
+            &addr,
+            "it-tlsbad-1",
+            &["--service-name", "it-tlsbad", "--consul-required"],
+            &[("CONSUL_CACERT", s(&tls.ca))],
+        );
+        assert_eq!(run.wait(SOON).code(), Some(125));
+        assert!(agent.service("it-tlsbad-1", None).is_none());
+    }
+
+    #[test]
+    fn ssl_verify_false_reaches_the_agent_without_a_ca_and_says_so() {
+        let (agent, tls, addr, dir) = agent("noverify");
+        let env = [
+            ("CONSUL_HTTP_SSL_VERIFY", "false"),
+            ("CONSUL_CLIENT_CERT", s(&tls.client_cert)),
+            ("CONSUL_CLIENT_KEY", s(&tls.client_key)),
+        ];
+        let run = Run::start(
+            &dir,
+            &addr,
+            "it-noverify-1",
+            &["--service-name", "it-noverify"],
+            &env,
+        );
+        wait_until("it-noverify passing", SOON, || {
+            passing(&agent, "it-noverify")
+        });
+        wait_stderr(
+            &run,
+            "the warning",
+            "CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified",
+        );
+        run.stop_app();
+        assert_eq!(run.wait(SOON).code(), Some(0));
+        assert!(agent.service("it-noverify-1", None).is_none());
+    }
+}
+
 /// Registrations microinit reports in its log (every one is logged at info).
 fn registrations(log: &str) -> usize {
     log.matches("consul: registered service").count()
@@ -332,7 +821,15 @@ fn two_replicas_with_one_hostname_and_different_ports_are_two_instances() {
         .iter()
         .map(|port| {
             let dir = scratch(&format!("replica-{port}"));
-            let args = ["--service-name", "it-replica", "--service-port", port];
+            // Nothing listens on the port: readiness would otherwise wait for it.
+            let args = [
+                "--service-name",
+                "it-replica",
+                "--service-port",
+                port,
+                "--ready",
+                "immediate",
+            ];
             Run::start(&dir, &agent.addr(), "", &args, &[])
         })
         .collect();
@@ -523,8 +1020,8 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
         &dir,
         &agent.addr(),
         "it-missed-1",
-        // The app's SIGTERM trap asks the stalled agent and hangs: the grace ends it.
-        &["--service-name", "it-missed", "--grace", "500ms"],
+        // The app's SIGTERM trap asks the stalled agent and hangs: the opt-in stop timeout ends it.
+        &["--service-name", "it-missed", "--stop-timeout", "500ms"],
         &[],
     );
     wait_until("it-missed passing", SOON, || passing(&agent, "it-missed"));
@@ -545,16 +1042,25 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
 
 #[test]
 fn two_hundred_fifty_instances_on_one_agent_all_pass() {
-    const N: usize = 250;
+    // MICROINIT_TEST_INSTANCES=500 for the README's figure (more than Consul's 200 connections per address).
+    let instances: usize = std::env::var("MICROINIT_TEST_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
     let agent = DevAgent::start();
     let dir = scratch("many");
     let t0 = Instant::now();
-    let mut children: Vec<Child> = (0..N)
+    let mut children: Vec<Child> = (0..instances)
         .map(|i| {
             // Not PID 1 here: 250 PID namespaces add nothing to what is measured (the agent's side).
             Command::new(microinit_bin())
                 .args(["--consul-addr", &agent.addr(), "--service-name", "it-many"])
-                .args(["--service-port", &(20000 + i).to_string()])
+                .args([
+                    "--service-port",
+                    &(20000 + i).to_string(),
+                    "--ready",
+                    "immediate",
+                ])
                 .arg("--socket")
                 .arg(dir.join(format!("ctl-{i}.sock")))
                 .args(["--no-runtime-check", "--", "sleep", "1000"])
@@ -565,12 +1071,13 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
                 .expect("spawn microinit")
         })
         .collect();
-    let mut n = 0;
+    let mut passing = 0;
     let all = (|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // 60 s for 250 (the issue's bound), in proportion for another count.
+        let deadline = Instant::now() + Duration::from_millis(240 * instances as u64);
         while Instant::now() < deadline {
-            n = agent.passing_instances("it-many");
-            if n == N {
+            passing = agent.passing_instances("it-many");
+            if passing == instances {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -591,8 +1098,8 @@ fn two_hundred_fifty_instances_on_one_agent_all_pass() {
             let _ = c.wait();
         }
     }
-    assert!(all, "only {n} of {N} passing after 60 s");
-    eprintln!("{N} instances passing after {took:?}");
+    assert!(all, "only {passing} of {instances} passing after {took:?}");
+    eprintln!("{instances} instances passing after {took:?}");
     let (_, left) = agent.get("/v1/agent/services");
     assert_eq!(
         left.matches("\"it-many-").count(),
@@ -645,4 +1152,54 @@ fn an_app_kept_down_is_removed_by_consul_once_and_not_registered_again_in_a_loop
     );
     run.sigterm();
     run.wait(SOON);
+}
+
+#[test]
+fn two_replicas_from_one_service_file_are_two_instances_at_their_own_addresses() {
+    let agent = DevAgent::start();
+    let shared = scratch("svcfile");
+    let file = shared.join("svc.json");
+    // No id, no address: what two replicas of one image would carry.
+    std::fs::write(&file, r#"{"service": {"name": "it-file", "port": 8080}}"#).expect("write");
+    let file = file.to_string_lossy().to_string();
+    let runs: Vec<Run> = ["replica-a", "replica-b"]
+        .iter()
+        .map(|host| {
+            let dir = scratch(&format!("svcfile-{host}"));
+            let args = [
+                "--service-file",
+                file.as_str(),
+                "--service-interface",
+                "lo",
+                "--ready",
+                "immediate",
+            ];
+            Run::start_on_host(Some(host), &dir, &agent.addr(), "", &args, &[])
+        })
+        .collect();
+    wait_until("both replicas passing", SOON, || {
+        agent.passing_instances("it-file") == 2
+    });
+    for (run, host) in runs.iter().zip(["replica-a", "replica-b"]) {
+        let id = std::fs::read_to_string(run.dir.join("service_id")).expect("the app got its ID");
+        assert!(id.starts_with(&format!("it-file-{host}")), "{id}");
+        let s = agent.service(&id, None).expect("registered under that ID");
+        assert_eq!(
+            s["Address"], "127.0.0.1",
+            "the address of --service-interface"
+        );
+    }
+    let mut runs = runs.into_iter();
+    let first = runs.next().expect("first");
+    first.stop_app();
+    assert_eq!(first.wait(SOON).code(), Some(0));
+    assert_eq!(
+        agent.passing_instances("it-file"),
+        1,
+        "stopping one replica must keep the other"
+    );
+    for r in runs {
+        r.stop_app();
+        r.wait(SOON);
+    }
 }

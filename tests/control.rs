@@ -211,6 +211,40 @@ fn status_shows_the_app_pid_state_and_counts() {
 }
 
 #[test]
+fn status_escapes_untrusted_text_in_the_table_and_keeps_it_exact_in_the_json() {
+    // The app's command line is text from whoever wrote the image: here an OSC title sequence and a
+    // newline followed by a forged row.
+    let evil = "evil\u{1b}]0;pwned\u{7}\nstate              forged\u{202e}";
+    let pid1 = Container::start(
+        &tempdir("escape"),
+        &["--", "sh", "-c", "exec sleep 1000", evil],
+        &[],
+    );
+    let out = pid1.client(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).expect("the table is UTF-8");
+    assert!(
+        !table
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "raw control characters reach the terminal: {table:?}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("state ")).count(),
+        1,
+        "a forged row: {table}"
+    );
+    assert!(
+        table.contains(
+            r"sh -c 'exec sleep 1000' $'evil\x1b]0;pwned\x07\nstate              forged\u202e'"
+        ),
+        "{table}"
+    );
+    // --json keeps the exact text (serde_json escapes it), and it is valid UTF-8 JSON.
+    assert_eq!(pid1.status()["app"]["command"][3], evil);
+}
+
+#[test]
 fn signal_reaches_the_app_and_is_counted() {
     let dir = tempdir("signal");
     let marker = dir.join("usr1");

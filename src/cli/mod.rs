@@ -61,8 +61,15 @@ impl UsageError {
     }
 }
 
-/// Variables read besides the tables' twins.
-const EXTRA_ENV: &[&str] = &["CONSUL_HTTP_TOKEN", "RUST_LOG"];
+/// Variables read besides the tables' twins: Consul's env-only client variables (a secret in a flag would
+/// show in ps), and RUST_LOG.
+const EXTRA_ENV: &[&str] = &[
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_AUTH",
+    "CONSUL_HTTP_SSL",
+    "CONSUL_HTTP_SSL_VERIFY",
+    "RUST_LOG",
+];
 
 fn env_options(env: &dyn Fn(&str) -> Option<OsString>) -> Result<Options, UsageError> {
     // Every MICROINIT_*/CONSUL_* key is read in every dialect: a tini/dumb-init drop-in can use them too.

@@ -21,7 +21,9 @@ pub const MICROINIT: &[Spec] = &[
     spec("rewrite", Some('r'), "MICROINIT_REWRITE", Repeat, "FROM:TO", "Rewrite signal FROM to TO before forwarding; TO=0 drops it. Repeatable; env: comma list.", General),
     spec("pdeathsig", Some('p'), "MICROINIT_PDEATHSIG", Value, "SIG", "Signal the app receives if microinit dies.", General),
     spec("remap-exit", Some('e'), "MICROINIT_REMAP_EXIT", Repeat, "CODE", "Report the app's exit code CODE as 0. Repeatable; env: comma list.", General),
-    spec("grace", None, "MICROINIT_GRACE", Value, "DURATION", "After forwarding SIGTERM/SIGINT, and after the app exits for what it left behind: SIGKILL what is still alive after this long (default 8s).", General),
+    spec("grace", None, "MICROINIT_GRACE", Value, "DURATION", "After the app exited: what it left behind gets SIGTERM, then SIGKILL after this long (default 8s).", General),
+    spec("stop-signal", None, "MICROINIT_STOP_SIGNAL", Repeat, "SIG", "Also treat SIG as a stop request (TERM and INT always are): deregister, drain, pre-stop, then forward. Match the image's STOPSIGNAL. Repeatable; env: comma list.", General),
+    spec("stop-timeout", None, "MICROINIT_STOP_TIMEOUT", Value, "DURATION", "SIGKILL the app this long after a stop was forwarded to it (default: never; the orchestrator's deadline rules).", General),
     spec("verbose", Some('v'), "MICROINIT_VERBOSE", Flag, "", "More log output (-v info, -vv debug, -vvv trace). RUST_LOG also works.", General),
     spec("restart", None, "MICROINIT_RESTART", Value, "POLICY", "never (default), on-failure or always: restart the app with capped exponential backoff.", Restart),
     spec("max-restarts", None, "MICROINIT_MAX_RESTARTS", Value, "N", "Give up after N restarts and exit with the app's last status.", Restart),
@@ -54,9 +56,16 @@ pub const MICROINIT: &[Spec] = &[
     spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT or tcp:HOST:PORT.", Consul),
     spec("deregister-timeout", None, "MICROINIT_DEREGISTER_TIMEOUT", Value, "DURATION", "How long a stop waits for the agent to confirm the deregistration (default 2s).", Consul),
     spec("drain", None, "MICROINIT_DRAIN", Value, "DURATION", "Time between deregistering and forwarding SIGTERM (default 0s).", Consul),
-    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://… or https://… (default 127.0.0.1:8500).", Consul),
-    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
-    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "CA certificate for an https:// agent.", Consul),
+    spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://…, https://… (optionally with a path prefix) or unix:///path (default 127.0.0.1:8500).", Consul),
+    spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token, re-read when the agent answers 403 (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
+    spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "PEM file of the CA that signed the agent's certificate (https).", Consul),
+    spec("consul-capath", None, "CONSUL_CAPATH", Value, "DIR", "Directory of PEM CA certificates (https; CONSUL_CACERT wins).", Consul),
+    spec("consul-client-cert", None, "CONSUL_CLIENT_CERT", Value, "PATH", "Client certificate for an agent with verify_incoming (with --consul-client-key).", Consul),
+    spec("consul-client-key", None, "CONSUL_CLIENT_KEY", Value, "PATH", "Private key of the client certificate.", Consul),
+    spec("consul-tls-server-name", None, "CONSUL_TLS_SERVER_NAME", Value, "NAME", "Name the agent's certificate must carry when the address does not (e.g. server.dc1.consul).", Consul),
+    spec("consul-namespace", None, "CONSUL_NAMESPACE", Value, "NS", "Consul Enterprise namespace of the registration.", Consul),
+    spec("consul-partition", None, "CONSUL_PARTITION", Value, "NAME", "Consul Enterprise admin partition of the registration.", Consul),
+    spec("pass-consul-token", None, "MICROINIT_PASS_CONSUL_TOKEN", Flag, "", "Leave CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE and CONSUL_HTTP_AUTH in the environment of the app, hooks and health command (removed by default).", Consul),
     spec("consul-required", None, "MICROINIT_CONSUL_REQUIRED", Flag, "", "Make any registration failure fatal (exit 125) instead of logged.", Consul),
 ];
 /// `microinit check` only.
@@ -125,6 +134,24 @@ pub fn build_config(
         .transpose()
         .map_err(|m| e(format!("{}: {m}", src("MICROINIT_PDEATHSIG"))))?;
     let grace = opts.duration("MICROINIT_GRACE", DEFAULT_GRACE).map_err(e)?;
+    let mut stop = StopRules::default();
+    for item in items(opts, "MICROINIT_STOP_SIGNAL") {
+        let bad = |m: String| e(format!("{}: {m}", src("MICROINIT_STOP_SIGNAL")));
+        let sig = parse_signal(item).map_err(bad)?;
+        if !crate::init::signals::is_forwardable(sig) {
+            return Err(bad(format!(
+                "{} cannot be forwarded to the app; use the image's STOPSIGNAL, e.g. QUIT",
+                crate::init::signals::signal_name(sig)
+            )));
+        }
+        stop.stop_signals = stop.stop_signals.with(sig);
+    }
+    if opts.get("MICROINIT_STOP_TIMEOUT").is_some() {
+        stop.stop_timeout = Some(
+            opts.duration("MICROINIT_STOP_TIMEOUT", Duration::ZERO)
+                .map_err(e)?,
+        );
+    }
     let restart = match opts.get("MICROINIT_RESTART").unwrap_or("never") {
         "never" | "no" => RestartPolicy::Never,
         "on-failure" => RestartPolicy::OnFailure,
@@ -169,6 +196,7 @@ pub fn build_config(
         pdeathsig,
         remap_exit,
         grace,
+        stop,
         warn_on_reap: false,
         restart,
         max_restarts,

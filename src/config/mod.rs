@@ -9,7 +9,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod consul_agent;
 pub mod policy;
+pub mod user_file;
+
+pub use consul_agent::AgentConfig;
 pub use policy::DialectPolicy;
 
 /// Which command-line dialect we were started with (chosen by argv[0] or the subcommand).
@@ -58,13 +62,56 @@ pub struct SupervisorConfig {
     pub pdeathsig: Option<i32>,
     /// Exit codes of the app that are reported as 0 (`-e/--remap-exit`).
     pub remap_exit: Vec<i32>,
-    /// After forwarding SIGTERM/SIGINT (and after the app exits, for leftovers): how long before SIGKILL.
+    /// After the app exited: how long what it left behind has between SIGTERM and SIGKILL (`--grace`).
     pub grace: Duration,
+    /// Which signals are stop requests, and whether a forwarded stop is followed by a kill timer.
+    pub stop: StopRules,
     /// tini -w: log every reaped zombie at warn level.
     pub warn_on_reap: bool,
     pub restart: RestartPolicy,
     pub max_restarts: Option<u32>,
     pub hooks: Hooks,
+}
+
+/// A set of signals 1-64, one bit each (no allocation, `Copy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalSet(u64);
+
+impl SignalSet {
+    pub const fn empty() -> SignalSet {
+        SignalSet(0)
+    }
+    pub const fn with(self, sig: i32) -> SignalSet {
+        if sig >= 1 && sig <= 64 {
+            SignalSet(self.0 | 1 << (sig - 1))
+        } else {
+            self
+        }
+    }
+    pub const fn contains(self, sig: i32) -> bool {
+        sig >= 1 && sig <= 64 && self.0 & (1 << (sig - 1)) != 0
+    }
+}
+
+/// The stop rules: data the lifecycle takes (`init::lifecycle::Policy`), like the dialect's end of life
+/// (`policy::EndOfLife`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopRules {
+    /// A received signal in this set is a stop request: deregister, drain, pre-stop hook, then forward it
+    /// (rewritten if a rewrite applies). Default TERM and INT; `--stop-signal` adds one.
+    pub stop_signals: SignalSet,
+    /// SIGKILL the app this long after a stop was forwarded (`--stop-timeout`). None, the default, leaves
+    /// the deadline to the orchestrator (`docker stop -t`, Kubernetes' grace period), as tini and dumb-init.
+    pub stop_timeout: Option<Duration>,
+}
+
+impl Default for StopRules {
+    fn default() -> Self {
+        StopRules {
+            stop_signals: SignalSet::empty().with(libc::SIGTERM).with(libc::SIGINT),
+            stop_timeout: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -118,21 +165,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where the Consul agent is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsulAddr {
-    /// "http" or "https".
-    pub scheme: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl ConsulAddr {
-    pub fn base_url(&self) -> String {
-        format!("{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// When the service is first marked passing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -168,9 +200,8 @@ pub enum ServiceSource {
 /// Options of Consul registration; `None` in `Config` when registration is off.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
-    pub addr: ConsulAddr,
-    pub token: Option<Secret>,
-    pub cacert: Option<PathBuf>,
+    /// How to reach and authenticate to the agent (the `CONSUL_*` convention).
+    pub agent: AgentConfig,
     pub service: ServiceSource,
     pub check_ttl: Duration,
     pub deregister_after: Duration,
@@ -270,16 +301,7 @@ impl Options {
 /// `s` for a one-line message: control characters (newlines, escape sequences) shown escaped, so a value
 /// echoed back cannot forge extra lines or drive the terminal.
 pub fn escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    crate::text::for_terminal(s).into_owned()
 }
 
 /// "250ms", "10s", "1m", "2h", "1m30s" or a bare number of seconds ("1.5").
@@ -352,7 +374,7 @@ mod tests {
 
     #[test]
     fn escaping_keeps_an_echoed_value_on_one_line() {
-        assert_eq!(escape("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape("a\nb\x1b[31m"), "a\\nb\\x1b[31m");
         assert_eq!(escape("grüße 10s"), "grüße 10s");
     }
 

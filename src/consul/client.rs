@@ -1,16 +1,24 @@
-//! A minimal blocking client for the Consul *agent* HTTP API (ureq 2).
+//! A minimal blocking client for the Consul *agent* HTTP API (ureq 3, over `transport`).
 //!
 //! Owns: the HTTP calls microinit makes (register with `replace-existing-checks`, TTL check update, deregister,
-//! service maintenance, "does the agent still know this service"), their timeouts, the token (sent as
-//! `Authorization: Bearer`), and turning every failure into one line that names the endpoint (and, for a 403,
-//! the ACL permission the token lacks). Does not own: when to call what (`registration`), nor the service definition's
-//! content. Nothing here panics on what Consul sends back, and the token never appears in a message.
+//! service maintenance, "does the agent still know this service"), their timeouts, the credentials (token as
+//! `X-Consul-Token`, re-read from `CONSUL_HTTP_TOKEN_FILE` when the agent answers 403; `CONSUL_HTTP_AUTH` as
+//! basic auth), `CONSUL_NAMESPACE`/`CONSUL_PARTITION` as query parameters, and turning every failure into one
+//! line that names the endpoint (and, for a 403, the ACL permission the token lacks). Every answer that is
+//! not 2xx is an error naming its status, 3xx included: no redirect is followed (one could send the token
+//! elsewhere, and the agent API never redirects, so a redirect means something in between is wrong). Does
+//! not own: the connection (`transport`), when to call what (`registration`), nor the service definition's
+//! content. Nothing here panics on what Consul sends back, text from the agent is escaped before it reaches
+//! a message, and the token never appears in one.
 
 use std::fmt;
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::{ConsulAddr, Secret};
+use crate::config::consul_agent::{self, AgentConfig, Endpoint};
+use crate::config::Secret;
+use crate::consul::transport;
 
 /// Status of a TTL check, as Consul names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,40 +71,73 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default total timeout (connect + request + response) of every call.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// Most of an answer's body that is read: a service JSON is a few KB; an error text is cut to one line.
+const BODY_LIMIT: u64 = 256 * 1024;
+
 pub struct Client {
     agent: ureq::Agent,
+    /// What URLs start with: scheme, authority (`localhost` for a unix socket) and the path prefix.
     base: String,
-    token: Option<Secret>,
+    /// The agent as the user wrote it, for messages and `status`.
+    shown: String,
+    /// `ns=…&partition=…` for every call, or "".
+    scope: String,
+    /// Behind a lock only because a 403 may swap in a rotated token from `token_file`.
+    token: Mutex<Option<Secret>>,
+    token_file: Option<PathBuf>,
+    /// `Basic …` header value from CONSUL_HTTP_AUTH.
+    basic_auth: Option<Secret>,
 }
 
 impl Client {
-    /// A client for the agent at `addr`. Fails only on a bad `cacert` or HTTPS without the `https` feature.
-    pub fn new(
-        addr: &ConsulAddr,
-        token: Option<Secret>,
-        cacert: Option<&Path>,
-    ) -> Result<Client, String> {
-        let builder = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            // The agent API never redirects; following one could send the token elsewhere.
-            .redirects(0)
+    /// A client for the agent `cfg` describes. Fails (one line naming the variable) on a certificate or key
+    /// that cannot be used, or an https:// agent in a build without TLS.
+    pub fn new(cfg: &AgentConfig) -> Result<Client, String> {
+        let (connector, resolver) = transport::connector(cfg)?;
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(CALL_TIMEOUT))
+            // Every status is handled below, and a redirect is an error, never followed.
+            .http_status_as_error(false)
+            .max_redirects(0)
+            // The agent is reached directly: an HTTP(S)_PROXY meant for the app must not reroute it.
+            .proxy(None)
             // No idle keep-alive connection per instance: Consul allows 200 connections per client address
             // (http_max_conns_per_client), and hundreds of microinits behind one address (host networking)
             // would hold them all while idle. A heartbeat every TTL/2 pays one loopback/LAN connect instead.
             .max_idle_connections(0)
-            .user_agent(concat!("microinit/", env!("CARGO_PKG_VERSION")));
-        let builder = tls::configure(builder, addr, cacert)?;
+            .user_agent(concat!("microinit/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let scheme = if cfg.https { "https" } else { "http" };
+        let authority = match &cfg.endpoint {
+            Endpoint::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+            Endpoint::Unix(_) => "localhost".to_string(),
+        };
+        let mut scope = String::new();
+        for (key, value) in [("ns", &cfg.namespace), ("partition", &cfg.partition)] {
+            if let Some(v) = value {
+                let sep = if scope.is_empty() { "" } else { "&" };
+                scope.push_str(&format!("{sep}{key}={}", encode(v)));
+            }
+        }
         Ok(Client {
-            agent: builder.build(),
-            base: addr.base_url(),
-            token,
+            agent: ureq::Agent::with_parts(config, connector, resolver),
+            base: format!("{scheme}://{authority}{}", cfg.path_prefix),
+            shown: cfg.display(),
+            scope,
+            token: Mutex::new(cfg.token.clone()),
+            token_file: cfg.token_file.clone(),
+            basic_auth: cfg
+                .basic_auth
+                .as_ref()
+                .map(|a| Secret::new(format!("Basic {}", base64(a.expose().as_bytes())))),
         })
     }
 
-    /// The agent's base URL (for status output and messages).
+    /// The agent as the user wrote it (for status output and messages).
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     /// `PUT /v1/agent/service/register?replace-existing-checks=true` with the full definition.
@@ -181,6 +222,7 @@ impl Client {
     }
 
     /// One call; returns the body of a 2xx. `perm` is the ACL permission the call needs (for 403 messages).
+    /// A 403 with a token file re-reads the file once: a rotated token is used from then on.
     fn call(
         &self,
         method: &str,
@@ -189,83 +231,139 @@ impl Client {
         perm: &str,
         timeout: Option<Duration>,
     ) -> Result<String, Error> {
-        let mut req = self
-            .agent
-            .request(method, &format!("{}{}", self.base, path));
-        if let Some(t) = &self.token {
-            // Consul takes the token as X-Consul-Token or as a bearer token. Bearer it is: ureq logs every
-            // request's headers at debug level (-vv, RUST_LOG=debug) and masks only Authorization (and Cookie).
-            req = req.set("Authorization", &format!("Bearer {}", t.expose()));
-        }
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        let result = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => req.call(),
-        };
-        match result {
-            Ok(resp) => resp.into_string().map_err(|e| {
-                self.error(
-                    ErrorKind::Unreachable,
-                    method,
-                    path,
-                    &format!("reading the answer: {e}"),
-                )
-            }),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let text = first_line(&text);
-                let (kind, detail) = match code {
-                    403 => (ErrorKind::Denied, self.denied_detail(text, perm)),
-                    404 => (ErrorKind::NotFound, format!("404 {text}")),
-                    _ => (ErrorKind::Status, format!("{code} {text}")),
-                };
-                Err(self.error(kind, method, path, &detail))
+        let body = body.map(|b| b.to_string());
+        match self.call_once(method, path, body.as_deref(), perm, timeout) {
+            Err(e) if e.kind == ErrorKind::Denied && self.reload_token() => {
+                self.call_once(method, path, body.as_deref(), perm, timeout)
             }
-            Err(ureq::Error::Transport(t)) => {
-                // The kind alone ("Network Error") hides the cause: add the message and the io error,
-                // skipping the repetitions ureq puts into them.
-                let kind = t.kind().to_string();
-                let mut detail = kind.clone();
-                let source = std::error::Error::source(&t).map(|s| s.to_string());
-                for part in [t.message().map(String::from), source]
-                    .into_iter()
-                    .flatten()
-                {
-                    let part = part.strip_prefix(&format!("{kind}: ")).unwrap_or(&part);
-                    if !detail.contains(part) {
-                        detail.push_str(": ");
-                        detail.push_str(part);
-                    }
+            r => r,
+        }
+    }
+
+    /// Re-read the token file; true if it now holds a different token.
+    fn reload_token(&self) -> bool {
+        let Some(path) = &self.token_file else {
+            return false;
+        };
+        match consul_agent::read_token_file(path) {
+            Ok(new) => {
+                let mut token = self.token.lock().unwrap_or_else(|p| p.into_inner());
+                if token.as_ref() == Some(&new) {
+                    return false;
                 }
-                let detail = format!("agent unreachable ({detail})");
-                Err(self.error(ErrorKind::Unreachable, method, path, &detail))
+                log::info!("consul: {} holds a new token; using it", path.display());
+                *token = Some(new);
+                true
+            }
+            Err(e) => {
+                log::warn!("consul: re-reading the token after a 403: {e}");
+                false
             }
         }
     }
 
-    fn denied_detail(&self, text: &str, perm: &str) -> String {
+    fn current_token(&self) -> Option<Secret> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn call_once(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        perm: &str,
+        timeout: Option<Duration>,
+    ) -> Result<String, Error> {
+        let mut url = format!("{}{path}", self.base);
+        if !self.scope.is_empty() {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str(&self.scope);
+        }
+        let token = self.current_token();
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &token {
+            // ureq logs request headers at debug level but only an allow-list of harmless ones.
+            req = req.header("X-Consul-Token", t.expose());
+        }
+        if let Some(a) = &self.basic_auth {
+            req = req.header("Authorization", a.expose());
+        }
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req = req
+            .body(body.unwrap_or("").as_bytes().to_vec())
+            .map_err(|e| self.error(ErrorKind::BadResponse, method, path, &e.to_string()))?;
+        let req = self
+            .agent
+            .configure_request(req)
+            .timeout_global(timeout.or(Some(CALL_TIMEOUT)))
+            .build();
+        let mut resp = match self.agent.run(req) {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = format!("agent unreachable ({})", transport_detail(&e));
+                return Err(self.error(ErrorKind::Unreachable, method, path, &detail));
+            }
+        };
+        let code = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(BODY_LIMIT)
+            .read_to_vec()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        if (200..300).contains(&code) {
+            return text.map_err(|e| {
+                let detail = format!("reading the answer: {}", transport_detail(&e));
+                self.error(ErrorKind::Unreachable, method, path, &detail)
+            });
+        }
+        let text = text.unwrap_or_default();
+        let text = first_line(&text);
+        let (kind, detail) = match code {
+            403 => (
+                ErrorKind::Denied,
+                self.denied_detail(&text, perm, token.is_some()),
+            ),
+            404 => (ErrorKind::NotFound, format!("404 {text}")),
+            300..=399 => (
+                ErrorKind::Status,
+                format!(
+                    "{code} redirect to \"{}\", not followed (the agent API never redirects: is \
+                     CONSUL_HTTP_ADDR a proxy or the wrong port?)",
+                    first_line(location.as_deref().unwrap_or(""))
+                ),
+            ),
+            _ => (ErrorKind::Status, format!("{code} {text}")),
+        };
+        Err(self.error(kind, method, path, &detail))
+    }
+
+    fn denied_detail(&self, text: &str, perm: &str, has_token: bool) -> String {
         if text.contains("ACL not found") {
             return "403 ACL not found: Consul does not know the token \
                     (check CONSUL_HTTP_TOKEN / --consul-token-file)"
                 .to_string();
         }
-        match self.token {
-            None => format!(
+        if has_token {
+            format!("403 {text}: the token lacks {perm}")
+        } else {
+            format!(
                 "403 {text}: no token set and the anonymous token lacks {perm} \
                  (set CONSUL_HTTP_TOKEN or --consul-token-file)"
-            ),
-            Some(_) => format!("403 {text}: the token lacks {perm}"),
+            )
         }
     }
 
     fn error(&self, kind: ErrorKind, method: &str, path: &str, detail: &str) -> Error {
-        let mut message = format!("consul {method} {}{path}: {detail}", self.base);
+        let mut message = format!("consul {method} {}{path}: {detail}", self.shown);
         // Defence in depth: nothing we build contains the token, but an agent could echo it back.
-        if let Some(t) = &self.token {
+        if let Some(t) = self.current_token() {
             if !t.expose().is_empty() {
                 message = message.replace(t.expose(), "<redacted>");
             }
@@ -274,17 +372,56 @@ impl Client {
     }
 }
 
+/// A transport failure in one line: ureq's message, and the source chain (rustls' reason, the io error).
+fn transport_detail(e: &ureq::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !detail.contains(&part) {
+            detail.push_str(": ");
+            detail.push_str(&part);
+        }
+        source = s.source();
+    }
+    crate::text::for_terminal(&detail).into_owned()
+}
+
+/// Standard base64 with padding (RFC 4648), for the basic auth header.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn write_perm(name: &str) -> String {
     format!("service:write on service {name:?}")
 }
 
-/// The first line of an error body, trimmed and capped so a chatty agent cannot flood the log.
-fn first_line(s: &str) -> &str {
+/// The first line of an error body, trimmed, capped so a chatty agent cannot flood the log, and escaped
+/// so it cannot drive the operator's terminal.
+fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("").trim();
-    match line.char_indices().nth(200) {
+    let line = match line.char_indices().nth(200) {
         Some((i, _)) => &line[..i],
         None => line,
-    }
+    };
+    crate::text::for_terminal(line).into_owned()
 }
 
 /// Percent-encode a path segment or query value (everything but RFC 3986 unreserved characters).
@@ -300,90 +437,55 @@ fn encode(s: &str) -> String {
     out
 }
 
-#[cfg(feature = "https")]
-mod tls {
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use ureq::rustls;
-    use ureq::rustls::pki_types::pem::PemObject;
-    use ureq::rustls::pki_types::CertificateDer;
-
-    /// With `CONSUL_CACERT`, trust exactly the CAs in that PEM file; otherwise ureq's built-in web roots.
-    pub fn configure(
-        builder: ureq::AgentBuilder,
-        _addr: &crate::config::ConsulAddr,
-        cacert: Option<&Path>,
-    ) -> Result<ureq::AgentBuilder, String> {
-        let Some(path) = cacert else {
-            return Ok(builder);
-        };
-        let bad = |e: &dyn std::fmt::Display| format!("CONSUL_CACERT {}: {e}", path.display());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-        }
-        if roots.is_empty() {
-            return Err(bad(&"no PEM certificate in the file"));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(&e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(builder.tls_config(Arc::new(config)))
-    }
-}
-
-#[cfg(not(feature = "https"))]
-mod tls {
-    use std::path::Path;
-
-    /// Without the `https` feature an https:// agent address is a configuration error, stated up front.
-    pub fn configure(
-        builder: ureq::AgentBuilder,
-        addr: &crate::config::ConsulAddr,
-        _cacert: Option<&Path>,
-    ) -> Result<ureq::AgentBuilder, String> {
-        if addr.scheme == "https" {
-            return Err(format!(
-                "CONSUL_HTTP_ADDR {}: this microinit was built without HTTPS support \
-                 (rebuild with --features https, or use http://)",
-                addr.base_url()
-            ));
-        }
-        Ok(builder)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Options;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    fn addr_of(l: &TcpListener) -> ConsulAddr {
-        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-        ConsulAddr {
-            scheme: "http".into(),
-            host: "127.0.0.1".into(),
-            port,
+    fn agent(pairs: &[(&str, &str)]) -> AgentConfig {
+        let mut o = Options::default();
+        for (k, v) in pairs {
+            o.set(k, vec![v.to_string()]);
         }
+        AgentConfig::parse(&o).expect("agent config")
     }
 
-    /// Answer one request with `answer`, on a real socket (what a broken agent or proxy would send).
-    fn answer_once(answer: &'static str) -> (ConsulAddr, std::thread::JoinHandle<()>) {
+    fn addr_of(l: &TcpListener) -> String {
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        format!("127.0.0.1:{port}")
+    }
+
+    /// Answer one request with `answer` on a real loopback socket (what a broken agent or a proxy would
+    /// send); the thread returns the request it read.
+    fn answer_once(
+        answer: impl AsRef<[u8]> + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<String>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = addr_of(&l);
         let h = std::thread::spawn(move || {
+            let mut req = Vec::new();
             if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(answer.as_bytes());
+                let mut buf = [0u8; 8192];
+                // Headers and a small body arrive together on loopback; read until the blank line.
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer.as_ref());
             }
+            String::from_utf8_lossy(&req).into_owned()
         });
         (addr, h)
+    }
+
+    fn client(addr: &str, more: &[(&str, &str)]) -> Client {
+        let mut pairs = vec![("CONSUL_HTTP_ADDR", addr)];
+        pairs.extend_from_slice(more);
+        Client::new(&agent(&pairs)).expect("client")
     }
 
     #[test]
@@ -391,8 +493,7 @@ mod tests {
         let (addr, h) = answer_once(
             "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"ID\": [1",
         );
-        let c = Client::new(&addr, None, None).expect("client");
-        let e = c
+        let e = client(&addr, &[])
             .service_known("web-1", "web")
             .expect_err("garbage must be an error");
         assert_eq!(e.kind, ErrorKind::BadResponse);
@@ -409,7 +510,7 @@ mod tests {
         let (addr, h) = answer_once(
             "HTTP/1.1 403 Forbidden\r\nContent-Length: 35\r\nConnection: close\r\n\r\nPermission denied for s3cr3t-token!",
         );
-        let c = Client::new(&addr, Some(Secret::new("s3cr3t-token".into())), None).expect("client");
+        let c = client(&addr, &[("CONSUL_HTTP_TOKEN", "s3cr3t-token")]);
         let e = c
             .register(&serde_json::json!({"Name": "web"}), "web")
             .expect_err("403");
@@ -425,15 +526,99 @@ mod tests {
             "{}",
             e.message
         );
+        let request = h.join().expect("server thread");
+        assert!(
+            request.contains("x-consul-token: s3cr3t-token\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn a_redirect_is_an_error_naming_the_status_and_is_not_followed() {
+        for status in [
+            "301 Moved Permanently",
+            "302 Found",
+            "307 Temporary Redirect",
+            "308 Permanent Redirect",
+        ] {
+            // The Location points at a listener that would record a followed request.
+            let follow = TcpListener::bind("127.0.0.1:0").expect("bind");
+            follow.set_nonblocking(true).expect("nonblocking");
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nLocation: http://{}/v1/agent/service/register\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n",
+                addr_of(&follow)
+            );
+            let (addr, h) = answer_once(answer);
+            let e = client(&addr, &[("CONSUL_HTTP_TOKEN", "tok")])
+                .register(&serde_json::json!({"Name": "web"}), "web")
+                .expect_err("a redirect is an error");
+            let code = &status[..3];
+            assert_eq!(e.kind, ErrorKind::Status, "{}", e.message);
+            assert!(
+                e.message
+                    .contains(&format!(": {code} redirect to \"http://")),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("not followed"), "{}", e.message);
+            h.join().expect("server thread");
+            assert!(
+                follow.accept().is_err(),
+                "{status}: the redirect was followed"
+            );
+        }
+    }
+
+    #[test]
+    fn any_non_2xx_status_is_an_error_with_the_agents_text_escaped() {
+        let (addr, h) = answer_once(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 17\r\nConnection: close\r\n\r\nboom\x1b[2J\xff\r\nsecond",
+        );
+        let e = client(&addr, &[])
+            .deregister("web-1", "web", CALL_TIMEOUT)
+            .expect_err("500");
+        assert_eq!(e.kind, ErrorKind::Status);
+        assert!(
+            e.message.ends_with(": 500 boom\\x1b[2J\u{fffd}"),
+            "{:?}",
+            e.message
+        );
         h.join().expect("server thread");
+    }
+
+    #[test]
+    fn namespace_partition_and_basic_auth_reach_the_agent() {
+        let (addr, h) =
+            answer_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        client(
+            &format!("http://{addr}/prefix"),
+            &[
+                ("CONSUL_NAMESPACE", "team a"),
+                ("CONSUL_PARTITION", "p1"),
+                ("CONSUL_HTTP_AUTH", "user:pass"),
+            ],
+        )
+        .maintenance("web-1", "web", true, Some("why"))
+        .expect("200");
+        let request = h.join().expect("server thread");
+        assert!(
+            request.starts_with(
+                "PUT /prefix/v1/agent/service/maintenance/web-1?enable=true&reason=why&ns=team%20a&partition=p1 HTTP/1.1\r\n"
+            ),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: Basic dXNlcjpwYXNz\r\n"),
+            "{request}"
+        );
     }
 
     #[test]
     fn refused_connection_is_unreachable() {
         // Bind then drop: the port is (almost certainly) closed, so the connect is refused.
         let addr = addr_of(&TcpListener::bind("127.0.0.1:0").expect("bind"));
-        let c = Client::new(&addr, None, None).expect("client");
-        let e = c
+        let e = client(&addr, &[])
             .deregister("web-1", "web", CALL_TIMEOUT)
             .expect_err("refused");
         assert_eq!(e.kind, ErrorKind::Unreachable, "{}", e.message);
@@ -441,8 +626,13 @@ mod tests {
     }
 
     #[test]
-    fn percent_encoding() {
+    fn percent_encoding_and_base64() {
         assert_eq!(encode("web-1.a_b~"), "web-1.a_b~");
         assert_eq!(encode("a b/c?d&é"), "a%20b%2Fc%3Fd%26%C3%A9");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
     }
 }

@@ -6,3 +6,4 @@ pub mod address;
 pub mod client;
 pub mod identity;
 pub mod registration;
+pub mod transport;

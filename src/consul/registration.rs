@@ -10,6 +10,7 @@
 //! eventfd of [`Registration::wake_fd`]). The HTTP calls themselves are in `consul`.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -20,17 +21,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{json, Map, Value};
 
-use crate::config::{ConsulAddr, ConsulConfig, Options, Readiness, Secret, ServiceSource};
+use crate::config::{user_file, AgentConfig, ConsulConfig, Options, Readiness, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
 use crate::consul::{address, identity};
 use crate::control::status;
 
 /// Default of `--deregister-timeout`: a deregistration request is answered ([`Event::Deregistered`]) within
-/// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by `consul::CALL_TIMEOUT`, and the deregister
-/// call gets whatever remains. A host name in CONSUL_HTTP_ADDR is resolved by the system resolver on each
-/// call, which no HTTP timeout covers: use an IP address for a hard bound (the main loop's own deadline
-/// still bounds PID 1 either way).
+/// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by
+/// `consul::CALL_TIMEOUT` (name resolution of a host name in CONSUL_HTTP_ADDR included), and the deregister
+/// call gets whatever remains.
 pub const DEREGISTER_BOUND: Duration = Duration::from_secs(2);
 /// Consul raises a DeregisterCriticalServiceAfter below this to it (its reaper's floor).
 const CONSUL_MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ pub struct Registration {
 impl Registration {
     /// Spawn the worker thread. Call with all signals blocked (the thread inherits the mask).
     pub fn start(cfg: ConsulConfig) -> std::io::Result<Registration> {
-        let client = Client::new(&cfg.addr, cfg.token.clone(), cfg.cacert.as_deref())
+        let client = Client::new(&cfg.agent)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
@@ -98,6 +98,15 @@ impl Registration {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
         let (definition, id, name) = service_definition(&cfg);
+        for w in &cfg.agent.warnings {
+            log::warn!("{w}");
+        }
+        // Not a log record: the operator sees it at every verbosity. A closed stderr is not an error.
+        let _ = writeln!(
+            std::io::stderr(),
+            "microinit: {}",
+            start_line(&cfg, &definition, &id, &name)
+        );
         let status = Arc::new(Mutex::new(None));
         let deregister_bound = cfg.deregister_timeout;
         let worker = Worker {
@@ -132,7 +141,6 @@ impl Registration {
             last_delivered: None,
             critical_since: Some(Instant::now()),
             removed_by_consul: false,
-            register_sent: false,
             unconfirmed: false,
             registrations: 0,
             rng: seed(),
@@ -241,8 +249,6 @@ struct Worker {
     /// registered again once the check is no longer critical (the app is ready), never in a loop while the
     /// app stays down or crash-loops through its restarts.
     removed_by_consul: bool,
-    /// A registration request left this process (even one that timed out: the agent may still execute it).
-    register_sent: bool,
     /// The last registration request got no answer (timeout, reset): the agent may have executed it anyway,
     /// so the next attempt is a heartbeat, which tells (404: it did not), instead of one more registration
     /// for a slow agent to execute.
@@ -510,7 +516,6 @@ impl Worker {
     /// registration the agent executes late (it stalled, we gave up on the request, maybe deregistered
     /// meanwhile) can therefore never list a stopped instance as passing.
     fn register(&mut self) {
-        self.register_sent = true;
         if let Err(e) = self.client.register(&self.definition, &self.name) {
             self.unconfirmed = e.kind == ErrorKind::Unreachable;
             self.failed(e);
@@ -611,14 +616,20 @@ impl Worker {
         let bound = self.cfg.deregister_timeout;
         let deadline = sent + bound.saturating_sub(DEREGISTER_MARGIN);
         let remaining = deadline.saturating_duration_since(Instant::now());
+        // Only what the agent may hold: a registration it accepted, or one it never answered (it may still
+        // execute it). After a refusal (an ACL denial) there is nothing to remove and nothing to reap.
+        let at_agent = self.ever_registered || self.unconfirmed;
         self.phase = Phase::Deregistered;
         self.registered = false;
         self.unconfirmed = false;
         self.heartbeat_due = None;
         self.retry_due = None;
         self.probe_due = None;
-        if !self.register_sent {
-            // No registration ever left this process: there is nothing to remove and nothing to reap.
+        if !at_agent {
+            log::debug!(
+                "consul: {:?} is not registered; nothing to deregister",
+                self.id
+            );
         } else if remaining.is_zero() {
             log::warn!(
                 "consul: no time left within the deregistration bound ({}) to deregister {:?}; {}",
@@ -863,10 +874,11 @@ fn split_file_definition(definition: &Value) -> (Value, Vec<Value>, String, Stri
 }
 
 /// Read a service definition in Consul's JSON format: `{"service": {...}}` (config-file style) or the bare
-/// service object (API style); keys in any case, as Consul accepts them.
+/// service object (API style); keys in any case, as Consul accepts them; `${VAR}` taken from the environment.
 fn parse_service_file(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--service-file {}: {e}", path.display()))?;
+    let text = user_file::read_text("--service-file", path, user_file::LARGE)?;
+    let what = format!("--service-file {}", path.display());
+    let text = user_file::interpolate(&what, &text, &|k| std::env::var(k).ok())?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| format!("--service-file {}: not valid JSON: {e}", path.display()))?;
     let obj = v
@@ -908,54 +920,43 @@ fn parse_service_file(path: &Path) -> Result<Value, String> {
     Ok(service)
 }
 
-/// `CONSUL_HTTP_ADDR`: `host:port`, `http://host:port` or `https://host:port` (Consul's own convention).
-fn parse_addr(s: &str) -> Result<ConsulAddr, String> {
-    let bad = |why: &str| {
-        format!("CONSUL_HTTP_ADDR={s}: {why}; use host:port, http://host:port or https://host:port")
-    };
-    let (scheme, rest) = match s.split_once("://") {
-        Some(("http", r)) => ("http", r),
-        Some(("https", r)) => ("https", r),
-        Some((other, _)) => return Err(bad(&format!("unsupported scheme {other:?}"))),
-        None => ("http", s),
-    };
-    let hostport = rest.trim_end_matches('/');
-    if hostport.contains('/') {
-        return Err(bad("a path is not supported"));
+/// The port the service is registered with, from the flags or the service file.
+fn service_port(service: &ServiceSource) -> Option<u16> {
+    match service {
+        ServiceSource::Fields { port, .. } => *port,
+        ServiceSource::File { definition, .. } => definition
+            .as_object()
+            .and_then(|o| get_ci(o, "port"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
     }
-    let default_port = if scheme == "https" { 8501 } else { 8500 };
-    // IPv6 literals keep their brackets: they are pasted into the URL as is.
-    let (host, port) = if let Some(end) = hostport.strip_prefix('[').and_then(|r| r.find(']')) {
-        let host = &hostport[..end + 2];
-        match &hostport[end + 2..] {
-            "" => (host, None),
-            p => (
-                host,
-                Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
-            ),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
+}
+
+/// What is registered and when it turns passing, in one line for the operator at start.
+fn start_line(cfg: &ConsulConfig, definition: &Value, id: &str, name: &str) -> String {
+    let field = |key| definition.as_object().and_then(|o| get_ci(o, key));
+    let at = match (
+        field("address")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty()),
+        field("port").and_then(Value::as_u64),
+    ) {
+        (Some(a), Some(p)) => format!(" at {a}:{p}"),
+        (Some(a), None) => format!(" at {a}"),
+        (None, Some(p)) => format!(" on port {p} of the agent's address"),
+        (None, None) => String::new(),
     };
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| bad("bad port"))?,
+    let when = match &cfg.readiness {
+        Readiness::Immediate => "as soon as the app starts".to_string(),
+        Readiness::HealthCmd => "when the health command first passes".to_string(),
+        Readiness::Tcp(t) => format!("when {t} accepts connections"),
     };
-    Ok(ConsulAddr {
-        scheme: scheme.into(),
-        host: host.into(),
-        port,
-    })
+    let line = format!(
+        "consul: registering {name:?} (id {id:?}){at} with {}; passing {when}",
+        cfg.agent.display()
+    );
+    crate::text::for_terminal(&line).into_owned()
 }
 
 /// The default service ID (see `identity`), from this host's name and container.
@@ -1093,7 +1094,13 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
     let health_cmd = opts.get("MICROINIT_HEALTH_CMD").map(String::from);
     let readiness = match opts.get("MICROINIT_READY") {
         None if health_cmd.is_some() => Readiness::HealthCmd,
-        None | Some("immediate") => Readiness::Immediate,
+        // A service with a port is ready when the port accepts: a one-off command in an image that sets
+        // the service variables (`docker run image node migrate.js`) never shows as a passing instance.
+        None => match service_port(&service) {
+            Some(port) => Readiness::Tcp(format!("127.0.0.1:{port}")),
+            None => Readiness::Immediate,
+        },
+        Some("immediate") => Readiness::Immediate,
         Some("health") if health_cmd.is_some() => Readiness::HealthCmd,
         Some("health") => {
             return Err("MICROINIT_READY=health needs MICROINIT_HEALTH_CMD (--health-cmd)".into())
@@ -1120,29 +1127,12 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
             ))
         }
     };
-    let addr = parse_addr(opts.get("CONSUL_HTTP_ADDR").unwrap_or("127.0.0.1:8500"))?;
-    let cacert = opts.get("CONSUL_CACERT").map(PathBuf::from);
-    // Build a client once here so https without the feature, or a bad CA file, stops microinit before the app.
-    Client::new(&addr, None, cacert.as_deref())?;
-    // Consul's own precedence: a token file wins over CONSUL_HTTP_TOKEN.
-    let token = match opts.get("CONSUL_HTTP_TOKEN_FILE") {
-        Some(path) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| format!("CONSUL_HTTP_TOKEN_FILE {path}: {e}"))?;
-            let t = t.trim();
-            if t.is_empty() {
-                return Err(format!("CONSUL_HTTP_TOKEN_FILE {path}: the file is empty"));
-            }
-            Some(Secret::new(t.to_string()))
-        }
-        None => opts
-            .get("CONSUL_HTTP_TOKEN")
-            .map(|t| Secret::new(t.trim().to_string())),
-    };
+    let agent = AgentConfig::parse(opts)?;
+    // Build a client once here so a TLS problem (a bad CA, a key that does not match its certificate, https
+    // in the plain build) stops microinit before the app starts.
+    Client::new(&agent)?;
     Ok(Some(ConsulConfig {
-        addr,
-        token,
-        cacert,
+        agent,
         service,
         check_ttl: nonzero(opts, "MICROINIT_CHECK_TTL", Duration::from_secs(10))?,
         deregister_after: nonzero(opts, "MICROINIT_DEREGISTER_AFTER", Duration::from_secs(60))?,
@@ -1221,14 +1211,7 @@ mod tests {
         let c = consul_config(&options(&[("MICROINIT_SERVICE_NAME", "web")]))
             .expect("ok")
             .expect("on");
-        assert_eq!(
-            c.addr,
-            ConsulAddr {
-                scheme: "http".into(),
-                host: "127.0.0.1".into(),
-                port: 8500
-            }
-        );
+        assert_eq!(c.agent.display(), "http://127.0.0.1:8500");
         assert_eq!(
             (c.check_ttl, c.deregister_after),
             (Duration::from_secs(10), Duration::from_secs(60))
@@ -1263,18 +1246,17 @@ mod tests {
         assert!(with_port("8001").ends_with("-8001"));
         assert_ne!(with_port("8001"), with_port("8002"));
 
-        let https = parse_addr("https://[::1]").expect("https addr");
-        assert_eq!(https.base_url(), "https://[::1]:8501");
         let mut o = options(&[
             ("MICROINIT_SERVICE_NAME", "w"),
             ("MICROINIT_HEALTH_CMD", "true"),
         ]);
         o.set("CONSUL_HTTP_ADDR", vec!["https://127.0.0.1".into()]);
+        // https: refused at start either way, naming why (no TLS in the plain build; no CA in the TLS one).
         match consul_config(&o) {
-            Ok(Some(c)) if cfg!(feature = "https") => assert_eq!(c.readiness, Readiness::HealthCmd),
-            Err(e) if !cfg!(feature = "https") => {
-                assert!(e.contains("without HTTPS support"), "{e}")
+            Err(e) if cfg!(feature = "https") => {
+                assert!(e.contains("no CA to verify it with"), "{e}")
             }
+            Err(e) => assert!(e.contains("the plain build, without TLS"), "{e}"),
             other => panic!("https with feature={}: {other:?}", cfg!(feature = "https")),
         }
         let c = config(
@@ -1285,12 +1267,12 @@ mod tests {
             ],
         );
         assert_eq!(
-            (c.addr.base_url(), c.readiness),
+            (c.agent.display(), c.readiness),
             ("http://h:1".into(), Readiness::Tcp("127.0.0.1:80".into()))
         );
 
         for (k, v, needle) in [
-            ("CONSUL_HTTP_ADDR", "unix:///x", "unsupported scheme"),
+            ("CONSUL_HTTP_ADDR", "ftp://x", "unknown scheme"),
             ("CONSUL_HTTP_ADDR", "h:99999", "bad port"),
             ("MICROINIT_SERVICE_PORT", "http", "MICROINIT_SERVICE_PORT"),
             ("MICROINIT_SERVICE_META", "novalue", "key=value"),
@@ -1723,22 +1705,67 @@ mod https_tests {
         wait_event(&reg, DEREGISTER_BOUND, |e| *e == Event::Deregistered);
         assert!(agent.service("tls-web-1", None).is_none());
 
-        // Without CONSUL_CACERT the agent's private CA is unknown: a clear TLS error, not a hang or panic.
-        let mut o = options(&[
-            ("MICROINIT_SERVICE_NAME", "tls-web"),
-            ("MICROINIT_SERVICE_ID", "tls-web-2"),
-        ]);
+        // Without CONSUL_CACERT (no web roots are built in) nothing could verify the agent: refused at start.
+        let mut o = options(&[("MICROINIT_SERVICE_NAME", "tls-web")]);
         o.set("CONSUL_HTTP_ADDR", vec![addr]);
-        let reg = Registration::start(consul_config(&o).expect("ok").expect("on")).expect("start");
-        reg.send(Command::AppStarted { pid: 1 });
-        wait_until("a TLS error", Duration::from_secs(10), || {
-            !reg.status_json()["last_error"].is_null()
-        });
-        let err = reg.status_json()["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(err.to_lowercase().contains("certificate"), "{err}");
+        let e = consul_config(&o).expect_err("no CA");
+        assert!(e.contains("no CA to verify it with"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_service_port_without_ready_means_ready_when_the_port_accepts() {
+        let fields = consul_config(&options(&[
+            ("MICROINIT_SERVICE_NAME", "w"),
+            ("MICROINIT_SERVICE_PORT", "8080"),
+        ]))
+        .expect("ok")
+        .expect("on");
+        assert_eq!(fields.readiness, Readiness::Tcp("127.0.0.1:8080".into()));
+        let (def, id, name) = service_definition(&fields);
+        let line = start_line(&fields, &def, &id, &name);
+        assert!(
+            line.ends_with(
+                "with http://127.0.0.1:8500; passing when 127.0.0.1:8080 accepts connections"
+            ),
+            "{line}"
+        );
+
+        // A service file: its port, with ${VAR} from the environment (PATH is always set).
+        let dir = std::env::temp_dir().join(format!("microinit-svcport-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("svc.json");
+        std::fs::write(
+            &file,
+            r#"{"Name": "f", "Port": ${MICROINIT_TEST_NO_SUCH_VAR:-9090}, "Meta": {"path": "${PATH}"}}"#,
+        )
+        .expect("write");
+        let f = file.to_string_lossy().to_string();
+        let c = consul_config(&options(&[("MICROINIT_SERVICE_FILE", f.as_str())]))
+            .expect("ok")
+            .expect("on");
+        assert_eq!(c.readiness, Readiness::Tcp("127.0.0.1:9090".into()));
+        let ServiceSource::File { definition, .. } = &c.service else {
+            panic!("file expected")
+        };
+        assert_eq!(
+            definition["Meta"]["path"].as_str(),
+            std::env::var("PATH").ok().as_deref()
+        );
+        // An explicit --ready wins; a health command without --ready keeps health readiness.
+        for (extra, want) in [
+            (("MICROINIT_READY", "immediate"), Readiness::Immediate),
+            (("MICROINIT_HEALTH_CMD", "true"), Readiness::HealthCmd),
+        ] {
+            let c = consul_config(&options(&[
+                ("MICROINIT_SERVICE_NAME", "w"),
+                ("MICROINIT_SERVICE_PORT", "8080"),
+                extra,
+            ]))
+            .expect("ok")
+            .expect("on");
+            assert_eq!(c.readiness, want, "{extra:?}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

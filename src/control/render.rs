@@ -4,11 +4,11 @@
 //! (health output, agent errors, the command line, paths) so that a row stays one line and no escape
 //! sequence reaches the operator's terminal. Does not own: the document (`status`) nor the JSON form.
 
-use std::borrow::Cow;
-use std::fmt::Write;
-
 use crate::control::status::{Consul, Heartbeat, LastExit, RuntimeCheck, Status};
 use crate::init::signals::signal_name;
+// One escaping rule for the table and the logs (`text`).
+pub use crate::text::for_terminal as esc;
+use crate::text::{push_escaped, unsafe_char};
 
 /// The table; `now_unix` dates the last heartbeat.
 pub fn render_status(s: &Status, now_unix: f64) -> String {
@@ -88,44 +88,6 @@ fn consul_rows(c: &Consul, now_unix: f64, rows: &mut Vec<(&str, String)>) {
             c.last_error.as_deref().map_or_else(|| "-".into(), text),
         ),
     ]);
-}
-
-/// True for a character that must not reach a terminal as is: C0 and C1 controls, DEL, and the bidi controls
-/// (which reorder what is shown without changing what is stored). A raw ESC could move the cursor or retitle
-/// the operator's terminal; a newline could forge a row.
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Untrusted text as one line of printable characters: the unsafe ones become `\n`, `\r`, `\t`, `\xNN` or
-/// `\uNNNN`; borrowed when nothing needs escaping.
-pub fn esc(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(unsafe_char) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        push_escaped(&mut out, c);
-    }
-    Cow::Owned(out)
-}
-
-/// `c`, or its escape when it is unsafe. The forms are the ones bash's `$'…'` reads back (`\uNNNN` has four
-/// digits: every unsafe character is below U+10000).
-fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        c if unsafe_char(c) && (c as u32) < 0x80 => {
-            let _ = write!(out, "\\x{:02x}", c as u32);
-        }
-        c if unsafe_char(c) => {
-            let _ = write!(out, "\\u{:04x}", c as u32);
-        }
-        c => out.push(c),
-    }
 }
 
 /// Escaped, and "-" for an empty string.

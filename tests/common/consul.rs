@@ -6,7 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -61,6 +62,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// A connection to `addr` (an IPv4 loopback `ip:port`) from 127.0.0.2: Consul limits concurrent connections per
+/// client address (200), and a test that runs hundreds of instances from 127.0.0.1 must still see the agent.
+fn connect_as_observer(addr: &str) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let Ok(target) = addr.parse::<std::net::SocketAddrV4>() else {
+        return TcpStream::connect(addr); // a host name: the ordinary way
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 2, 0))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target))?;
+    Ok(TcpStream::from(fd))
+}
+
 /// One HTTP/1.0 request; returns (status, body).
 pub fn http(
     addr: &str,
@@ -69,8 +89,32 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
+    let s = connect_as_observer(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    http_on(s, addr, method, path, token, body)
+}
+
+/// `http` through a unix socket.
+pub fn http_unix(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    http_on(s, "localhost", method, path, token, body)
+}
+
+fn http_on(
+    mut s: impl Read + Write,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let body = body.unwrap_or("");
     let mut req = format!(
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
@@ -104,6 +148,48 @@ pub struct DevAgent {
     ports: [u16; 3],
     extra: Vec<String>,
     pub log: PathBuf,
+    /// The HTTP API's unix socket, when it listens on one instead of TCP (`start_unix`).
+    unix: Option<PathBuf>,
+}
+
+/// Certificates made by `consul tls ca create` / `consul tls cert create` for a TLS agent.
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    /// The CA that signed the agent's and the client's certificates.
+    pub ca: PathBuf,
+    /// A client certificate and its key, signed by `ca` (for `verify_incoming`).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Another CA, which signed nothing the agent holds.
+    pub wrong_ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// A CA, a server certificate (`server.dc1.consul`, `localhost`, 127.0.0.1), a client certificate, and a
+    /// second unrelated CA, all made by the consul binary in `dir`.
+    pub fn create(dir: &Path) -> TlsFiles {
+        let run = |cwd: &Path, args: &[&str]| {
+            std::fs::create_dir_all(cwd).expect("mkdir tls dir");
+            let out = Command::new(consul_bin())
+                .args(args)
+                .current_dir(cwd)
+                .output()
+                .expect("run consul tls");
+            assert!(out.status.success(), "consul {args:?}: {out:?}");
+        };
+        run(dir, &["tls", "ca", "create"]);
+        run(dir, &["tls", "cert", "create", "-server"]);
+        run(dir, &["tls", "cert", "create", "-client"]);
+        let other = dir.join("other");
+        run(&other, &["tls", "ca", "create"]);
+        TlsFiles {
+            dir: dir.to_path_buf(),
+            ca: dir.join("consul-agent-ca.pem"),
+            client_cert: dir.join("dc1-client-consul-0.pem"),
+            client_key: dir.join("dc1-client-consul-0-key.pem"),
+            wrong_ca: other.join("consul-agent-ca.pem"),
+        }
+    }
 }
 
 impl DevAgent {
@@ -126,17 +212,30 @@ impl DevAgent {
 
     /// A new ACL token allowed exactly `service:write` on `service`; returns its secret.
     pub fn write_token(&self, master: &str, service: &str) -> String {
-        let name = format!("{service}-write");
+        // One policy per token: a second token for the same service must not collide on the name.
+        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{service}-write-{n}");
         let policy = serde_json::json!({
             "Name": name,
             "Rules": format!("service \"{service}\" {{ policy = \"write\" }}"),
         });
-        let (st, body) = self.request(
-            "PUT",
-            "/v1/acl/policy",
-            Some(master),
-            Some(&policy.to_string()),
+        // Right after start the ACL system answers 500 "in legacy mode" until the leader has set it up.
+        let mut answer = (0, String::new());
+        wait_until(
+            "the ACL system out of legacy mode",
+            Duration::from_secs(30),
+            || {
+                answer = self.request(
+                    "PUT",
+                    "/v1/acl/policy",
+                    Some(master),
+                    Some(&policy.to_string()),
+                );
+                !answer.1.contains("legacy mode")
+            },
         );
+        let (st, body) = answer;
         assert_eq!(st, 200, "create policy: {body}");
         let token = serde_json::json!({"Policies": [{"Name": name}]});
         let (st, body) = self.request(
@@ -148,6 +247,49 @@ impl DevAgent {
         assert_eq!(st, 200, "create token: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
         v["SecretID"].as_str().expect("SecretID").to_string()
+    }
+
+    /// Delete the token whose secret is `secret` (the agent answers 403 "ACL not found" to it from then on).
+    pub fn revoke_token(&self, master: &str, secret: &str) {
+        let (st, body) = self.request("GET", "/v1/acl/token/self", Some(secret), None);
+        assert_eq!(st, 200, "read token: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+        let accessor = v["AccessorID"].as_str().expect("AccessorID");
+        let (st, body) = self.request(
+            "DELETE",
+            &format!("/v1/acl/token/{accessor}"),
+            Some(master),
+            None,
+        );
+        assert_eq!(st, 200, "delete token: {body}");
+    }
+
+    /// A dev agent whose HTTP API listens only on the unix socket `sock` (no TCP HTTP listener at all).
+    pub fn start_unix(sock: &Path) -> DevAgent {
+        let hcl = format!(r#"addresses {{ http = "unix://{}" }}"#, sock.display());
+        let mut a = DevAgent {
+            child: None,
+            http_port: free_port(),
+            http_port_fixed: false,
+            ports: [free_port(), free_port(), free_port()],
+            extra: vec!["-hcl".into(), hcl],
+            log: std::env::temp_dir().join(format!("microinit-consul-unix-{}.log", free_port())),
+            unix: Some(sock.to_path_buf()),
+        };
+        a.spawn();
+        a
+    }
+
+    /// A dev agent with an HTTPS listener on `https_port` that requires a client certificate
+    /// (`verify_incoming`), with the certificates in `tls`; plain HTTP stays on loopback for inspection.
+    pub fn start_tls(tls: &TlsFiles, https_port: u16) -> DevAgent {
+        let hcl = format!(
+            r#"ports {{ https = {https_port} }} ca_file = "{}" cert_file = "{}" key_file = "{}" verify_incoming = true"#,
+            tls.ca.display(),
+            tls.dir.join("dc1-server-consul-0.pem").display(),
+            tls.dir.join("dc1-server-consul-0-key.pem").display(),
+        );
+        Self::start_with(&["-hcl", &hcl])
     }
 
     /// A dev agent whose HTTP API listens on `http_port` (for "agent down at start, then up").
@@ -163,6 +305,7 @@ impl DevAgent {
             ports: [free_port(), free_port(), free_port()],
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: std::env::temp_dir().join(format!("microinit-consul-{http_port}.log")),
+            unix: None,
         };
         a.spawn();
         a
@@ -242,7 +385,7 @@ impl DevAgent {
     /// answering on our HTTP port is the one we started (ports are picked racily), without needing a token.
     fn is_ours_and_has_leader(&self) -> bool {
         let ours = format!("\"127.0.0.1:{}\"", self.ports[2]);
-        matches!(http(&self.addr(), "GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
+        matches!(self.try_request("GET", "/v1/status/leader", None, None), Ok((200, body)) if body.trim() == ours)
     }
 
     /// Stall the agent (SIGSTOP) or let it go on (SIGCONT): the kernel still completes TCP handshakes and
@@ -279,7 +422,21 @@ impl DevAgent {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        http(&self.addr(), method, path, token, body).unwrap_or((0, String::new()))
+        self.try_request(method, path, token, body)
+            .unwrap_or((0, String::new()))
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        match &self.unix {
+            Some(sock) => http_unix(sock, method, path, token, body),
+            None => http(&self.addr(), method, path, token, body),
+        }
     }
 
     /// `/v1/agent/checks` (optionally with a token) as JSON.
