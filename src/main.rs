@@ -186,26 +186,50 @@ fn supervise(mut cfg: Config) -> i32 {
         }
     }
     let mut runtime_summary = None;
+    let mut runtime_wait = None;
     if cfg.runtime.enabled {
-        let report = runtime_check::check_waiting(&cfg.supervisor.command, &cfg.runtime);
-        if !report.is_ok() {
-            eprint!("{}", report.missing_message(&cfg.runtime));
-            return 127;
+        if cfg.runtime.wait.is_some() {
+            // A late volume is waited for inside the event loop, which answers signals and `microinit
+            // status` meanwhile.
+            let waiter = runtime_check::Waiter::new(
+                &cfg.supervisor.command,
+                &cfg.runtime,
+                std::time::Instant::now(),
+            );
+            runtime_summary = Some(waiter.report().summary());
+            if !waiter.report().is_ok() {
+                runtime_wait = Some(event_loop::RuntimeWait {
+                    waiter,
+                    cfg: cfg.runtime.clone(),
+                });
+            }
+        } else {
+            let report = runtime_check::check(&cfg.supervisor.command, &cfg.runtime);
+            if !report.is_ok() {
+                eprint!("{}", report.missing_message(&cfg.runtime));
+                return 127;
+            }
+            runtime_summary = Some(report.summary());
         }
-        runtime_summary = Some(report.summary());
     }
     // Look again only when the first lookup failed (a dangling link the check then waited for): otherwise
     // nothing changed since, and walking PATH again would only repeat its stat(2) calls on the start-up path.
-    let app_path = match first.or_else(|_| resolve()) {
-        Ok(p) => p,
-        Err(e) => return lookup_failed(&cfg, &e, &name),
+    // After a wait in the event loop, the loop looks again itself.
+    let app_path = if runtime_wait.is_some() {
+        first
+    } else {
+        first.or_else(|_| resolve())
     };
+    if let (Err(e), None) = (&app_path, &runtime_wait) {
+        return lookup_failed(&cfg, e, &name);
+    }
     let setup = event_loop::Setup {
         mask,
         signals,
         is_pid1,
         app_path,
         runtime_check: runtime_summary,
+        runtime_wait,
     };
     match event_loop::EventLoop::new(cfg, setup) {
         Ok(l) => l.run(),

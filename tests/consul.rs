@@ -1020,8 +1020,8 @@ fn a_missed_deregistration_bound_says_what_consul_will_do() {
         &dir,
         &agent.addr(),
         "it-missed-1",
-        // The app's SIGTERM trap asks the stalled agent and hangs: the grace ends it.
-        &["--service-name", "it-missed", "--grace", "500ms"],
+        // The app's SIGTERM trap asks the stalled agent and hangs: the opt-in stop timeout ends it.
+        &["--service-name", "it-missed", "--stop-timeout", "500ms"],
         &[],
     );
     wait_until("it-missed passing", SOON, || passing(&agent, "it-missed"));

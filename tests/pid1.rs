@@ -76,7 +76,7 @@ fn run_pid1(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn exit_codes() {
+fn the_exit_status_is_the_apps_code_or_128_plus_its_signal() {
     assert_eq!(run_pid1(&["--", "sh", "-c", "exit 7"]).0, 7);
     assert_eq!(
         run_pid1(&["--", "sh", "-c", "kill -USR1 $$"]).0,
@@ -185,7 +185,7 @@ fn group_test(extra: &[&str]) -> (Vec<i32>, Vec<i32>) {
 }
 
 #[test]
-fn group_flag_reaches_grandchildren_default_does_not() {
+fn signals_reach_grandchildren_only_with_the_group_flag() {
     let (app, grand) = group_test(&["-g"]);
     assert_eq!(app, vec![libc::SIGUSR1]);
     assert_eq!(grand, vec![libc::SIGUSR1, libc::SIGUSR2]);
@@ -195,7 +195,7 @@ fn group_flag_reaches_grandchildren_default_does_not() {
 }
 
 #[test]
-fn rewrite_and_drop() {
+fn a_rewritten_signal_arrives_as_its_rewrite_and_a_dropped_one_not_at_all() {
     let (p, f) = recorder(&["--rewrite", "USR1:USR2", "-r", "HUP:0"], &[]);
     send_and_await(&p, &f, libc::SIGUSR1, libc::SIGUSR2);
     // HUP sorts before QUIT: had it been forwarded it would be recorded first.
@@ -206,18 +206,34 @@ fn rewrite_and_drop() {
     assert_eq!(exit_code(p.wait(T).0), 0);
 }
 
+/// The orchestrator owns the stop deadline (`docker stop -t`, Kubernetes' grace period): microinit kills
+/// an app it forwarded a stop to only when `--stop-timeout` (or its env twin) asks for it.
 #[test]
-fn grace_kills_a_term_ignoring_app() {
-    let (p, f) = recorder(&["--grace", "300ms"], &["--ignore-term"]);
+fn the_opt_in_stop_timeout_kills_an_app_that_ignores_sigterm() {
+    let f = tempdir("stop-timeout").join("sig");
+    let rec = helper("sigrec");
+    let p = Pid1::start(
+        &[
+            "--",
+            rec.to_str().unwrap(),
+            f.to_str().unwrap(),
+            "--ignore-term",
+        ],
+        &[("MICROINIT_STOP_TIMEOUT", "300ms")],
+    );
+    wait_ready(&f);
     p.signal(libc::SIGTERM);
     let (st, err) = p.wait(T);
     assert_eq!(exit_code(st), 128 + libc::SIGKILL, "{err}");
     assert_eq!(recorded(&f), vec![libc::SIGTERM]);
-    assert!(err.contains("grace"), "the SIGKILL is announced: {err}");
+    assert!(
+        err.contains("--stop-timeout"),
+        "the SIGKILL is announced: {err}"
+    );
 }
 
 #[test]
-fn leftovers_are_terminated_when_the_app_exits() {
+fn leftovers_get_sigterm_when_the_app_exits_and_sigkill_after_the_grace() {
     let d = tempdir("leftover");
     let (l1, l2) = (d.join("l1"), d.join("l2"));
     let rec = helper("sigrec");
@@ -235,7 +251,7 @@ fn leftovers_are_terminated_when_the_app_exits() {
 }
 
 #[test]
-fn subreaper_when_not_pid1() {
+fn outside_pid_1_it_reaps_orphans_as_a_child_subreaper() {
     let d = tempdir("subreaper");
     let f = d.join("orphan");
     // The subshell exits at once; its sleep is orphaned and must be reparented to microinit, not to the
@@ -282,7 +298,7 @@ fn subreaper_when_not_pid1() {
 }
 
 #[test]
-fn tty_foreground_and_ctrl_c() {
+fn the_app_gets_the_terminal_foreground_and_ctrl_c_reaches_it_once() {
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd};
     let d = tempdir("tty");
@@ -334,7 +350,7 @@ fn dialect_link(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn tini_dialect() {
+fn named_tini_it_takes_tinis_flags_and_forwards_to_the_group() {
     let tini = dialect_link("tini");
     let out = Command::new(&tini).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("tini version"));
@@ -350,7 +366,7 @@ fn tini_dialect() {
 }
 
 #[test]
-fn dumb_init_dialect() {
+fn named_dumb_init_it_takes_dumb_inits_rewrites_and_single_child_mode() {
     let di = dialect_link("dumb-init");
     let (p, f) = recorder_under(&di, &["-r", "10:12"], &[]);
     send_and_await(&p, &f, libc::SIGUSR1, libc::SIGUSR2);
@@ -364,7 +380,7 @@ fn dumb_init_dialect() {
 }
 
 #[test]
-fn bad_input_is_one_line_and_exit_2() {
+fn bad_input_is_reported_in_one_line_with_exit_2() {
     for args in [
         &["--no-such-flag", "true"][..],
         &[],

@@ -21,7 +21,9 @@ pub const MICROINIT: &[Spec] = &[
     spec("rewrite", Some('r'), "MICROINIT_REWRITE", Repeat, "FROM:TO", "Rewrite signal FROM to TO before forwarding; TO=0 drops it. Repeatable; env: comma list.", General),
     spec("pdeathsig", Some('p'), "MICROINIT_PDEATHSIG", Value, "SIG", "Signal the app receives if microinit dies.", General),
     spec("remap-exit", Some('e'), "MICROINIT_REMAP_EXIT", Repeat, "CODE", "Report the app's exit code CODE as 0. Repeatable; env: comma list.", General),
-    spec("grace", None, "MICROINIT_GRACE", Value, "DURATION", "After forwarding SIGTERM/SIGINT, and after the app exits for what it left behind: SIGKILL what is still alive after this long (default 8s).", General),
+    spec("grace", None, "MICROINIT_GRACE", Value, "DURATION", "After the app exited: what it left behind gets SIGTERM, then SIGKILL after this long (default 8s).", General),
+    spec("stop-signal", None, "MICROINIT_STOP_SIGNAL", Repeat, "SIG", "Also treat SIG as a stop request (TERM and INT always are): deregister, drain, pre-stop, then forward. Match the image's STOPSIGNAL. Repeatable; env: comma list.", General),
+    spec("stop-timeout", None, "MICROINIT_STOP_TIMEOUT", Value, "DURATION", "SIGKILL the app this long after a stop was forwarded to it (default: never; the orchestrator's deadline rules).", General),
     spec("verbose", Some('v'), "MICROINIT_VERBOSE", Flag, "", "More log output (-v info, -vv debug, -vvv trace). RUST_LOG also works.", General),
     spec("restart", None, "MICROINIT_RESTART", Value, "POLICY", "never (default), on-failure or always: restart the app with capped exponential backoff.", Restart),
     spec("max-restarts", None, "MICROINIT_MAX_RESTARTS", Value, "N", "Give up after N restarts and exit with the app's last status.", Restart),
@@ -132,6 +134,24 @@ pub fn build_config(
         .transpose()
         .map_err(|m| e(format!("{}: {m}", src("MICROINIT_PDEATHSIG"))))?;
     let grace = opts.duration("MICROINIT_GRACE", DEFAULT_GRACE).map_err(e)?;
+    let mut stop = StopRules::default();
+    for item in items(opts, "MICROINIT_STOP_SIGNAL") {
+        let bad = |m: String| e(format!("{}: {m}", src("MICROINIT_STOP_SIGNAL")));
+        let sig = parse_signal(item).map_err(bad)?;
+        if !crate::init::signals::is_forwardable(sig) {
+            return Err(bad(format!(
+                "{} cannot be forwarded to the app; use the image's STOPSIGNAL, e.g. QUIT",
+                crate::init::signals::signal_name(sig)
+            )));
+        }
+        stop.stop_signals = stop.stop_signals.with(sig);
+    }
+    if opts.get("MICROINIT_STOP_TIMEOUT").is_some() {
+        stop.stop_timeout = Some(
+            opts.duration("MICROINIT_STOP_TIMEOUT", Duration::ZERO)
+                .map_err(e)?,
+        );
+    }
     let restart = match opts.get("MICROINIT_RESTART").unwrap_or("never") {
         "never" | "no" => RestartPolicy::Never,
         "on-failure" => RestartPolicy::OnFailure,
@@ -176,6 +196,7 @@ pub fn build_config(
         pdeathsig,
         remap_exit,
         grace,
+        stop,
         warn_on_reap: false,
         restart,
         max_restarts,

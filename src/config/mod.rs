@@ -62,13 +62,56 @@ pub struct SupervisorConfig {
     pub pdeathsig: Option<i32>,
     /// Exit codes of the app that are reported as 0 (`-e/--remap-exit`).
     pub remap_exit: Vec<i32>,
-    /// After forwarding SIGTERM/SIGINT (and after the app exits, for leftovers): how long before SIGKILL.
+    /// After the app exited: how long what it left behind has between SIGTERM and SIGKILL (`--grace`).
     pub grace: Duration,
+    /// Which signals are stop requests, and whether a forwarded stop is followed by a kill timer.
+    pub stop: StopRules,
     /// tini -w: log every reaped zombie at warn level.
     pub warn_on_reap: bool,
     pub restart: RestartPolicy,
     pub max_restarts: Option<u32>,
     pub hooks: Hooks,
+}
+
+/// A set of signals 1-64, one bit each (no allocation, `Copy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalSet(u64);
+
+impl SignalSet {
+    pub const fn empty() -> SignalSet {
+        SignalSet(0)
+    }
+    pub const fn with(self, sig: i32) -> SignalSet {
+        if sig >= 1 && sig <= 64 {
+            SignalSet(self.0 | 1 << (sig - 1))
+        } else {
+            self
+        }
+    }
+    pub const fn contains(self, sig: i32) -> bool {
+        sig >= 1 && sig <= 64 && self.0 & (1 << (sig - 1)) != 0
+    }
+}
+
+/// The stop rules: data the lifecycle takes (`init::lifecycle::Policy`), like the dialect's end of life
+/// (`policy::EndOfLife`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopRules {
+    /// A received signal in this set is a stop request: deregister, drain, pre-stop hook, then forward it
+    /// (rewritten if a rewrite applies). Default TERM and INT; `--stop-signal` adds one.
+    pub stop_signals: SignalSet,
+    /// SIGKILL the app this long after a stop was forwarded (`--stop-timeout`). None, the default, leaves
+    /// the deadline to the orchestrator (`docker stop -t`, Kubernetes' grace period), as tini and dumb-init.
+    pub stop_timeout: Option<Duration>,
+}
+
+impl Default for StopRules {
+    fn default() -> Self {
+        StopRules {
+            stop_signals: SignalSet::empty().with(libc::SIGTERM).with(libc::SIGINT),
+            stop_timeout: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -76,11 +76,9 @@ pub struct DialectPolicy {
     pub child_signals: ChildSignals,
     /// dumb-init: `chdir("/")` after forking, so the init pins no directory (the app keeps the caller's).
     pub chdir_root: bool,
-    /// SIGKILL the app when it outlives the grace after a forwarded SIGTERM/SIGINT. tini and dumb-init
-    /// leave that deadline to whoever sent the signal.
-    pub kill_after_grace: bool,
     /// Signals the init leaves unblocked at their default action, never forwarded (tini: the synchronous
-    /// ones, FPE ILL SEGV BUS ABRT TRAP SYS, so a `kill -SEGV` of a tini that is not PID 1 kills it).
+    /// ones, FPE ILL SEGV BUS ABRT TRAP SYS, so a `kill -SEGV` of a tini that is not PID 1 kills it; both
+    /// tools: 32 and 33, which glibc's sigfillset leaves out).
     pub default_action: &'static [i32],
     /// Signals the init neither forwards nor acts on (tini ignores SIGTTIN/SIGTTOU for itself).
     pub not_forwarded: &'static [i32],
@@ -103,7 +101,6 @@ impl DialectPolicy {
         pdeathsig: PdeathsigTarget::App,
         child_signals: ChildSignals::Inherited,
         chdir_root: false,
-        kill_after_grace: true,
         default_action: &[],
         not_forwarded: &[],
         tty_stop_suspends_init: true,

@@ -1,173 +1,61 @@
 //! The PID-1 event loop: one thread, one poll, every event.
 //!
-//! Owns: the app's lifecycle (pre-start hook, spawn, restart policy, graceful stop, the sweep of leftovers,
-//! the final status), signal forwarding, routing reaped pids to their owner, running the health command
-//! and hooks, and talking to the registration worker and control clients. Does not own: how a child is
-//! forked (`supervisor`), how exits are collected (`reaper`), HTTP (`registration`), the socket protocol
-//! (`control`).
+//! Owns: waiting for events (signals, child exits, the exec-result pipe, the registration worker, control
+//! clients, the runtime-volume watch, timers), turning each into a lifecycle event, and performing the
+//! actions the lifecycle returns (spawn, signal, start a hook, tell the worker, exit). Does not own: the
+//! decisions (`lifecycle`), how a child is forked (`spawn`), how exits are collected (`reaper`), HTTP
+//! (`consul`), the socket protocol (`control`). Submodules: `children` (the pid → owner table and the
+//! routing of exits), `health` (the health command), `hooks` (running the hooks), `control_handler`.
 //!
 //! Wakeups: the signalfd, the registration worker's eventfd, control sockets, the health command's output
-//! pipe, and the nearest timer. With no registration, no health command, no control client and no timer,
-//! the loop sleeps in read(2) on the signalfd (a connecting control client raises SIGIO), else in poll():
-//! zero CPU while idle either way.
+//! pipe, the app's exec-result pipe, the runtime-volume watch, and the nearest timer. With nothing but
+//! signals to wait for, the loop sleeps in read(2) on the signalfd (a connecting control client raises
+//! SIGIO), else in poll(): zero CPU while idle either way.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::policy::{ChildSignals, EndOfLife};
-use crate::config::{Config, Dialect, DialectPolicy, Isolation, RestartPolicy, SupervisorConfig};
-use crate::consul::registration::{self, CheckStatus, Registration};
+use crate::config::policy::ChildSignals;
+use crate::config::{
+    Config, Dialect, DialectPolicy, Isolation, RuntimeCheckConfig, SupervisorConfig,
+};
+use crate::consul::registration::{self, Registration};
 use crate::control::server::{ClientId, ControlServer};
 use crate::control::status;
 use crate::init::exit_status::ExitStatus;
-use crate::init::reaper;
+use crate::init::lifecycle::{Action, Actions, Awaited, DownReason, Event, Lifecycle, Policy};
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
-use crate::init::spawn::{self, SpawnSpec};
+use crate::init::spawn::{self, ExecOutcome, SpawnError, SpawnSpec};
+use crate::runtime_check::{self, which::LookupError};
 
+mod children;
 mod control_handler;
+mod health;
+mod hooks;
+
+use children::Owner;
+use health::HealthSchedule;
 
 /// How long a deregistration may hold up a stop: the worker's own bound (`--deregister-timeout`; it answers
 /// by then, even for a black-holed agent) plus this margin in case the worker itself is stuck.
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(500);
-/// After the final SIGKILL: how long to wait for the kernel to let the last processes go (D state).
-const KILL_SETTLE: Duration = Duration::from_secs(2);
-const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(500);
-const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// An app that ran this long resets the backoff.
-const RESTART_HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Health command output kept for Consul's check Output.
-const HEALTH_OUTPUT_MAX: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppState {
-    Starting,
-    Running,
-    Stopping,
-    Restarting,
-    Exited,
+/// The app process, from fork until it is reaped.
+struct App {
+    pid: i32,
+    /// Until the exec is confirmed (or failed): polled, never read blocking.
+    exec_pipe: Option<OwnedFd>,
+    /// The dialect's exit code for a failed exec, when it differs from the child's own 126/127.
+    exec_failure: Option<i32>,
+    started: Instant,
 }
 
-impl AppState {
-    fn as_str(self) -> &'static str {
-        match self {
-            AppState::Starting => "starting",
-            AppState::Running => "running",
-            AppState::Stopping => "stopping",
-            AppState::Restarting => "restarting",
-            AppState::Exited => "exited",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HookKind {
-    PreStart,
-    PreStop,
-    PostStop,
-}
-
-impl HookKind {
-    fn name(self) -> &'static str {
-        match self {
-            HookKind::PreStart => "pre-start",
-            HookKind::PreStop => "pre-stop",
-            HookKind::PostStop => "post-stop",
-        }
-    }
-}
-
-/// Who a child pid belongs to (DESIGN.md: one reaper, exits routed by pid).
-enum Owner {
-    App,
-    Health {
-        output: OwnedFd,
-        buf: Vec<u8>,
-        deadline: Instant,
-        timed_out: bool,
-        /// The app instance it checks: a result that outlives it must not speak for its successor.
-        app_pid: Option<i32>,
-    },
-    Hook {
-        kind: HookKind,
-        deadline: Instant,
-        timed_out: bool,
-    },
-}
-
-/// A stop request held back until deregistration, drain and the pre-stop hook are done.
-struct PendingForward {
-    signal: i32,
-    /// Waiting for the worker's `Deregistered`, at most until this instant.
-    deregister_until: Option<Instant>,
-    /// Drain: forward no earlier than this (set once deregistered).
-    not_before: Option<Instant>,
-    pre_stop_started: bool,
-}
-
-/// Everything the loop knows; also what `microinit status` shows.
-pub struct EventLoop {
-    cfg: SupervisorConfig,
-    /// The dialect's rules (end of life, what the child inherits, which signals are not forwarded …).
-    policy: DialectPolicy,
-    mask: OriginalMask,
-    signals: Signals,
-    is_pid1: bool,
-    take_tty: bool,
-    app_path: PathBuf,
-    registration: Option<Registration>,
-    health: Option<HealthSchedule>,
-    drain: Duration,
-    consul_required: bool,
-    /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
-    control: Option<ControlServer>,
-    dialect: &'static str,
-    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
-    maintenance_replies: VecDeque<(ClientId, bool)>,
-
-    children: HashMap<i32, Owner>,
-    app_pid: Option<i32>,
-    /// The app's pid after it exited (dumb-init's end of life signals its group).
-    last_app_pid: Option<i32>,
-    app_started: Option<Instant>,
-    state: AppState,
-    /// A stop was requested (SIGTERM/SIGINT, fatal error): no more restarts.
-    stopping: bool,
-    pending_forward: Option<PendingForward>,
-    /// SIGKILL the app at this instant (grace after a forwarded stop signal).
-    kill_app_at: Option<Instant>,
-    restart_requested: bool,
-    respawn_at: Option<Instant>,
-    backoff_step: u32,
-    /// Set when the app is gone for good: what we exit with.
-    final_status: Option<i32>,
-    /// The sweep of leftovers: SIGKILL at the first instant, give up waiting at the second.
-    sweep: Option<(Instant, Instant)>,
-    sweep_started: bool,
-    /// The app is gone for good and hooks are done: sweep leftovers, unless the reaper says there are none.
-    sweep_due: bool,
-    /// A SIGCHLD arrived (or we just started): drain waitpid before anything else.
-    reap_due: bool,
-    /// The last drain ended in ECHILD.
-    no_children: bool,
-    deregistering_until: Option<Instant>,
-    /// Overrides the app's status (--consul-required failure: 125).
-    forced_exit: Option<i32>,
-
-    signals_forwarded: u64,
-    zombies_reaped: u64,
-    restarts: u32,
-    last_exit: Option<ExitStatus>,
-    runtime_check: Option<status::RuntimeCheck>,
-}
-
-struct HealthSchedule {
-    command: String,
-    interval: Duration,
-    timeout: Duration,
-    next: Option<Instant>,
+/// `--wait-runtime`: the volume is late; the loop waits for it while answering signals and clients.
+pub struct RuntimeWait {
+    pub waiter: runtime_check::Waiter,
+    pub cfg: RuntimeCheckConfig,
 }
 
 /// What the loop needs besides `Config` (set up by main before any thread exists).
@@ -175,25 +63,54 @@ pub struct Setup {
     pub mask: OriginalMask,
     pub signals: Signals,
     pub is_pid1: bool,
-    pub app_path: PathBuf,
+    /// The resolved command, or why it could not be resolved (looked up again after a runtime wait).
+    pub app_path: Result<PathBuf, LookupError>,
     pub runtime_check: Option<status::RuntimeCheck>,
+    /// Set when the runtime volume is incomplete and `--wait-runtime` allows waiting for it.
+    pub runtime_wait: Option<RuntimeWait>,
+}
+
+/// Everything the loop knows; also what `microinit status` shows.
+pub struct EventLoop {
+    cfg: SupervisorConfig,
+    /// The dialect's rules (what the child inherits, which signals are not forwarded …); its end of life is
+    /// the lifecycle's.
+    policy: DialectPolicy,
+    mask: OriginalMask,
+    signals: Signals,
+    is_pid1: bool,
+    take_tty: bool,
+    app_path: Result<PathBuf, LookupError>,
+    registration: Option<Registration>,
+    health: Option<HealthSchedule>,
+    /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
+    control: Option<ControlServer>,
+    dialect: &'static str,
+    /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
+    maintenance_replies: VecDeque<(ClientId, bool)>,
+
+    lifecycle: Lifecycle,
+    runtime_wait: Option<RuntimeWait>,
+    children: HashMap<i32, Owner>,
+    app: Option<App>,
+    /// The last app's pid: its process group may outlive it (`Action::SignalAppGroup`).
+    last_app_pid: Option<i32>,
+    /// A SIGCHLD arrived (or we just started, or signalled leftovers): drain waitpid before anything else.
+    reap_due: bool,
+    /// Set by `Action::Exit`.
+    exit_code: Option<i32>,
+    /// What the lifecycle asked for when it started; performed first thing in `run`.
+    first_actions: Actions,
+
+    signals_forwarded: u64,
+    zombies_reaped: u64,
+    runtime_check: Option<status::RuntimeCheck>,
 }
 
 impl EventLoop {
     pub fn new(cfg: Config, setup: Setup) -> std::io::Result<EventLoop> {
-        let (drain, consul_required, health) = match &cfg.consul {
-            Some(c) => (
-                c.drain,
-                c.required,
-                c.health_cmd.clone().map(|command| HealthSchedule {
-                    command,
-                    interval: c.health_interval,
-                    timeout: c.health_timeout,
-                    next: None,
-                }),
-            ),
-            None => (Duration::ZERO, false, None),
-        };
+        let health = cfg.consul.as_ref().and_then(HealthSchedule::from_config);
+        let consul = cfg.consul.clone();
         let registration = cfg
             .consul
             .map(|c| {
@@ -201,6 +118,15 @@ impl EventLoop {
                 Registration::start(c)
             })
             .transpose()?;
+        let deregister_bound = registration
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.deregister_bound() + DEREGISTER_MARGIN);
+        let policy = Policy::new(
+            &cfg.supervisor,
+            &cfg.policy,
+            consul.as_ref(),
+            deregister_bound,
+        );
         // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
         let mut control = cfg.control.and_then(|c| {
             ControlServer::bind(&c)
@@ -216,6 +142,12 @@ impl EventLoop {
             Dialect::DumbInit => "dumb-init",
         };
         let take_tty = cfg.supervisor.isolation != Isolation::None && spawn::stdin_is_tty();
+        let wait = setup
+            .runtime_wait
+            .as_ref()
+            .map(|w| (Awaited::RuntimeVolume, w.cfg.wait.unwrap_or_default()));
+        // The lifecycle's first actions are performed by `run`; here it only takes its first phase.
+        let (lifecycle, first) = Lifecycle::start(policy, wait, Instant::now());
         Ok(EventLoop {
             mask: setup.mask,
             signals: setup.signals,
@@ -224,54 +156,35 @@ impl EventLoop {
             app_path: setup.app_path,
             registration,
             health,
-            drain,
-            consul_required,
             control,
             dialect,
             maintenance_replies: VecDeque::new(),
             policy: cfg.policy,
             cfg: cfg.supervisor,
+            lifecycle,
+            runtime_wait: setup.runtime_wait,
             children: HashMap::new(),
-            app_pid: None,
+            app: None,
             last_app_pid: None,
-            app_started: None,
-            state: AppState::Starting,
-            stopping: false,
-            pending_forward: None,
-            kill_app_at: None,
-            restart_requested: false,
-            respawn_at: None,
-            backoff_step: 0,
-            final_status: None,
-            sweep: None,
-            sweep_started: false,
-            sweep_due: false,
             reap_due: true,
-            no_children: false,
-            deregistering_until: None,
-            forced_exit: None,
+            exit_code: None,
             signals_forwarded: 0,
             zombies_reaped: 0,
-            restarts: 0,
-            last_exit: None,
+            first_actions: first,
             runtime_check: setup.runtime_check,
         })
     }
 
-    /// Run until the app is gone for good and everything is reaped; returns microinit's exit code.
+    /// Run until the lifecycle says exit; returns microinit's exit code.
     pub fn run(mut self) -> i32 {
-        match self.cfg.hooks.pre_start.clone() {
-            Some(cmd) => self.start_hook(HookKind::PreStart, &cmd),
-            None => self.spawn_app(),
-        }
+        self.perform_all(self.first_actions);
         loop {
             // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans
             // reparented to us included), so an idle or forwarding wakeup costs no extra syscall.
             if std::mem::take(&mut self.reap_due) {
-                self.no_children = self.reap();
+                self.reap();
             }
-            let no_children = self.no_children;
-            if let Some(code) = self.finished(no_children) {
+            if let Some(code) = self.exit_code {
                 log::trace!("exiting with {code}");
                 if let Some(r) = &self.registration {
                     r.send(registration::Command::Shutdown);
@@ -283,39 +196,89 @@ impl EventLoop {
                 std::mem::forget(self);
                 return code;
             }
-            if std::mem::take(&mut self.sweep_due) && !no_children {
-                // Only when something is left: waitpid's ECHILD already proved the namespace empty.
-                self.start_sweep();
-            }
             self.on_timers(Instant::now());
-            self.wait_for_events();
+            if self.exit_code.is_none() && !self.reap_due {
+                self.wait_for_events();
+            }
         }
     }
 
-    fn finished(&self, no_children: bool) -> Option<i32> {
-        let code = self.final_status?;
-        let post_stop_running = self
-            .children
-            .values()
-            .any(|o| matches!(o, Owner::Hook { .. }));
-        if self.deregistering_until.is_some() || post_stop_running {
-            return None;
+    // ---- the lifecycle -------------------------------------------------------------------------------
+
+    fn dispatch(&mut self, ev: Event) {
+        if ev != Event::Execed && self.app.as_ref().is_some_and(|a| a.exec_pipe.is_some()) {
+            // The kernel closes the pipe during execve, before the app runs a single instruction: whatever
+            // the app did before this event (a signal it provoked, a client it told "ready") the pipe
+            // already says so. Look first, so the lifecycle does not take a running app for a child that
+            // has not exec'd yet (which a stop request would SIGKILL).
+            self.on_exec_pipe();
         }
-        let gave_up = self
-            .sweep
-            .is_some_and(|(_, give_up)| Instant::now() >= give_up);
-        if gave_up {
-            log::warn!("processes still alive after SIGKILL and {KILL_SETTLE:?}; exiting anyway");
-        }
-        if matches!(self.policy.end_of_life, EndOfLife::ExitAtOnce { .. }) {
-            // tini and dumb-init leave what is left to the kernel: as PID 1 our exit SIGKILLs the namespace.
-            return Some(code);
-        }
-        // ECHILD: the last descendant is reaped, nothing to wait for (no fixed sleep, unlike s6-overlay).
-        (no_children || gave_up).then_some(code)
+        let actions = self.lifecycle.on(ev, Instant::now());
+        self.perform_all(actions);
     }
 
-    // ---- waiting ---------------------------------------------------------------------------------
+    fn perform_all(&mut self, actions: Actions) {
+        for a in actions {
+            self.perform(a);
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Spawn => self.spawn_app(),
+            Action::StartHook(hook) => self.start_hook(hook),
+            Action::KillHook(hook) => self.kill_hook(hook),
+            Action::Forward(sig) => self.forward(sig),
+            Action::ForwardHeld(set) => {
+                for sig in (1..=signals::rtmax()).filter(|s| set.contains(*s)) {
+                    self.forward(sig);
+                }
+            }
+            Action::KillApp => self.kill_app(libc::SIGKILL),
+            Action::KillUnexeced => {
+                if let Some(app) = &self.app {
+                    log::info!(
+                        "stop request before the app's exec: killing pid {}",
+                        app.pid
+                    );
+                    spawn::kill(app.pid, libc::SIGKILL);
+                }
+            }
+            Action::AppStarted => self.on_app_started(),
+            Action::AppDown(reason) => {
+                let reason = match reason {
+                    DownReason::Exited(status) => format!("app {status}; restarting"),
+                    DownReason::RestartRequested => "restart requested (microinit restart)".into(),
+                };
+                self.tell_worker(registration::Command::AppDown { reason });
+            }
+            Action::Deregister => self.tell_worker(registration::Command::Deregister),
+            Action::SignalLeftovers(sig) => {
+                self.signal_everything(sig);
+                // Nothing left means no SIGCHLD will come: let waitpid's ECHILD say so.
+                self.reap_due = true;
+            }
+            Action::SignalAppGroup(sig) => {
+                if let Some(pid) = self.last_app_pid {
+                    spawn::kill(-pid, sig);
+                }
+            }
+            Action::WaitFailed(Awaited::RuntimeVolume) => {
+                if let Some(w) = &self.runtime_wait {
+                    eprint!("{}", w.waiter.report().missing_message(&w.cfg));
+                }
+            }
+            Action::Exit(code) => self.exit_code = Some(code),
+        }
+    }
+
+    fn tell_worker(&self, cmd: registration::Command) {
+        if let Some(r) = &self.registration {
+            r.send(cmd);
+        }
+    }
+
+    // ---- waiting -------------------------------------------------------------------------------------
 
     fn wait_for_events(&mut self) {
         let timeout = match self.next_deadline() {
@@ -327,16 +290,24 @@ impl EventLoop {
                     + i32::from(d.subsec_nanos() % 1_000_000 != 0)
             }
         };
-        // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
-        // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
-        // signal-forwarding path (scripts/bench.sh).
+        let exec_pipe = self
+            .app
+            .as_ref()
+            .and_then(|a| a.exec_pipe.as_ref())
+            .map(AsRawFd::as_raw_fd);
+        let runtime_watch = self.runtime_wait.as_ref().and_then(|w| w.waiter.fd());
         let health_running = self
             .children
             .values()
             .any(|o| matches!(o, Owner::Health { .. }));
+        // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
+        // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
+        // signal-forwarding path (scripts/bench.sh).
         if timeout == -1
             && self.registration.is_none()
             && !health_running
+            && exec_pipe.is_none()
+            && runtime_watch.is_none()
             && self
                 .control
                 .as_ref()
@@ -350,20 +321,27 @@ impl EventLoop {
             events: libc::POLLIN,
             revents: 0,
         }];
-        if let Some(r) = &self.registration {
+        let mut watch = |fd: RawFd| {
             fds.push(libc::pollfd {
-                fd: r.wake_fd().as_raw_fd(),
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            });
+            })
+        };
+        if let Some(r) = &self.registration {
+            watch(r.wake_fd().as_raw_fd());
+        }
+        // A child stopped before its exec (SIGSTOP from another process) leaves this pipe silent: it is one
+        // fd among the others, so PID 1 goes on answering signals and clients.
+        if let Some(fd) = exec_pipe {
+            watch(fd);
+        }
+        if let Some(fd) = runtime_watch {
+            watch(fd);
         }
         for owner in self.children.values() {
             if let Owner::Health { output, .. } = owner {
-                fds.push(libc::pollfd {
-                    fd: output.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                watch(output.as_raw_fd());
             }
         }
         if let Some(c) = &self.control {
@@ -386,19 +364,23 @@ impl EventLoop {
         }
         if let Some(r) = &self.registration {
             if ready(r.wake_fd().as_raw_fd()) {
-                let events = r.take_events();
-                for ev in events {
+                for ev in r.take_events() {
                     self.on_worker_event(ev);
                 }
             }
         }
-        for owner in self.children.values_mut() {
-            if let Owner::Health { output, buf, .. } = owner {
-                if ready(output.as_raw_fd()) {
-                    read_capped(output.as_raw_fd(), buf);
-                }
-            }
+        if exec_pipe.is_some_and(ready) {
+            self.on_exec_pipe();
         }
+        if runtime_watch.is_some_and(ready) {
+            self.recheck_runtime();
+        }
+        let health_ready: Vec<RawFd> = fds
+            .iter()
+            .filter(|p| p.revents != 0)
+            .map(|p| p.fd)
+            .collect();
+        self.read_health_output(&health_ready);
         self.serve_control(&fds);
     }
 
@@ -413,109 +395,61 @@ impl EventLoop {
 
     /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
     fn next_deadline(&self) -> Option<Instant> {
-        let sweep = self.sweep.map(|(kill, give_up)| {
-            if self.sweep_started && Instant::now() >= kill {
-                give_up
-            } else {
-                kill
-            }
-        });
-        let (deregister, drain) = self
-            .pending_forward
-            .as_ref()
-            .map_or((None, None), |p| (p.deregister_until, p.not_before));
-        let child_deadlines = self.children.values().filter_map(|owner| match owner {
-            Owner::Health {
-                deadline,
-                timed_out: false,
-                ..
-            }
-            | Owner::Hook {
-                deadline,
-                timed_out: false,
-                ..
-            } => Some(*deadline),
-            _ => None,
-        });
         [
-            self.kill_app_at,
-            self.respawn_at,
-            self.deregistering_until,
-            sweep,
-            deregister,
-            drain,
-            self.health.as_ref().and_then(|h| h.next),
+            self.lifecycle.next_deadline(),
+            self.runtime_wait.as_ref().map(|w| w.waiter.next_check()),
+            self.health_deadline(),
             self.control.as_ref().and_then(ControlServer::deadline),
         ]
         .into_iter()
         .flatten()
-        .chain(child_deadlines)
         .min()
     }
 
-    // ---- timers ----------------------------------------------------------------------------------
-
     fn on_timers(&mut self, now: Instant) {
-        if self.kill_app_at.is_some_and(|t| now >= t) {
-            self.kill_app_at = None;
-            if let Some(pid) = self.app_pid {
-                log::warn!(
-                    "app (pid {pid}) still running after the {:?} grace; sending SIGKILL",
-                    self.cfg.grace
-                );
-                self.kill_app(libc::SIGKILL);
-            }
+        if self.lifecycle.next_deadline().is_some_and(|t| now >= t) {
+            self.dispatch(Event::Tick);
         }
-        if self.respawn_at.is_some_and(|t| now >= t) {
-            self.respawn_at = None;
-            self.spawn_app();
+        if self
+            .runtime_wait
+            .as_ref()
+            .is_some_and(|w| now >= w.waiter.next_check())
+        {
+            self.recheck_runtime();
         }
-        if self.deregistering_until.is_some_and(|t| now >= t) {
-            log::warn!("Consul deregistration did not finish within its bound; going on");
-            self.deregistering_until = None;
-        }
-        self.advance_pending_forward(now);
         if let Some(c) = &mut self.control {
             c.expire(now);
         }
-        if let Some((kill_at, _)) = self.sweep {
-            if now >= kill_at && !self.sweep_started {
-                self.sweep_started = true;
-                log::warn!("processes left after the app exited are still alive after {:?}; sending SIGKILL", self.cfg.grace);
-                self.signal_everything(libc::SIGKILL);
-            }
+        self.health_timers(now);
+    }
+
+    // ---- the runtime volume --------------------------------------------------------------------------
+
+    fn recheck_runtime(&mut self) {
+        let Some(w) = &mut self.runtime_wait else {
+            return;
+        };
+        let complete = w.waiter.recheck(&self.cfg.command, &w.cfg, Instant::now());
+        self.runtime_check = Some(w.waiter.report().summary());
+        if !complete {
+            return;
         }
-        let health_due = self
-            .health
-            .as_ref()
-            .and_then(|h| h.next)
-            .is_some_and(|t| now >= t);
-        if health_due {
-            self.start_health();
-        }
-        for (pid, owner) in self.children.iter_mut() {
-            let (deadline, timed_out, what) = match owner {
-                Owner::Health {
-                    deadline,
-                    timed_out,
-                    ..
-                } => (*deadline, timed_out, "health command"),
-                Owner::Hook {
-                    deadline,
-                    timed_out,
-                    kind,
-                } => (*deadline, timed_out, kind.name()),
-                Owner::App => continue,
-            };
-            if !*timed_out && now >= deadline {
-                *timed_out = true;
-                log::warn!("{what} (pid {pid}) timed out; killing its process group");
-                spawn::kill(-pid, libc::SIGKILL);
-            }
+        self.runtime_wait = None;
+        // The volume brought the command (or its link target): look it up again.
+        let path_var = std::env::var_os("PATH");
+        self.app_path = runtime_check::which::resolve(&self.cfg.command[0], path_var.as_deref());
+        self.dispatch(Event::AwaitDone);
+    }
+
+    /// For `microinit status`: what the lifecycle waits for and since when.
+    fn waiting_for(&self) -> Option<(Awaited, Instant)> {
+        match self.lifecycle.phase() {
+            crate::init::lifecycle::Phase::Waiting { what, since, .. } => Some((what, since)),
+            _ => None,
         }
     }
 
-    // ---- signals ---------------------------------------------------------------------------------
+    // ---- signals -------------------------------------------------------------------------------------
 
     fn on_signal(&mut self, s: signals::Received) {
         let sig = s.signo;
@@ -543,7 +477,7 @@ impl EventLoop {
         {
             return;
         }
-        self.deliver(sig);
+        self.dispatch(Event::Signal(sig));
         if signals::is_tty_stop(sig) && self.policy.tty_stop_suspends_init {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)
@@ -551,116 +485,9 @@ impl EventLoop {
         }
     }
 
-    /// A signal for the app, received or asked for (`microinit signal`): rewrite, then stop or forward.
-    fn deliver(&mut self, sig: i32) {
-        let to = self
-            .cfg
-            .rewrites
-            .iter()
-            .find(|r| r.from == sig)
-            .map_or(sig, |r| r.to);
-        if to == 0 {
-            log::info!("dropping {} (rewrite to 0)", signal_name(sig));
-            return;
-        }
-        let is_stop_request = sig == libc::SIGTERM || sig == libc::SIGINT;
-        if is_stop_request {
-            self.request_stop(to);
-        } else {
-            self.forward(to);
-        }
-    }
-
-    /// SIGTERM/SIGINT: deregister, drain, pre-stop hook, then forward; a second one goes through at once.
-    fn request_stop(&mut self, signal: i32) {
-        if self.pending_forward.is_some() {
-            log::info!("second {}: forwarding now", signal_name(signal));
-            self.pending_forward = None;
-            self.forward_stop(signal);
-            return;
-        }
-        if self.final_status.is_some() {
-            return; // already on the way out; the sweep is in charge.
-        }
-        if self.stopping && self.app_pid.is_some() {
-            // Deregistered and forwarded once already: a repeated stop request goes straight through.
-            self.forward(signal);
-            return;
-        }
-        self.stopping = true;
-        self.state = AppState::Stopping;
-        if self.app_pid.is_none() {
-            // Between restarts (or before the first start): nothing to forward to; exit with what we have.
-            self.respawn_at = None;
-            let status = self.last_exit.map_or(128 + signal, |s| {
-                s.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths)
-            });
-            self.begin_exit(status);
-            return;
-        }
-        let deregister_until = self.registration.as_ref().map(|r| {
-            r.send(registration::Command::Deregister);
-            Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN
-        });
-        self.pending_forward = Some(PendingForward {
-            signal,
-            deregister_until,
-            not_before: deregister_until
-                .is_none()
-                .then(|| Instant::now() + self.drain),
-            pre_stop_started: false,
-        });
-        self.advance_pending_forward(Instant::now());
-    }
-
-    fn advance_pending_forward(&mut self, now: Instant) {
-        let Some(p) = &mut self.pending_forward else {
-            return;
-        };
-        if let Some(until) = p.deregister_until {
-            if now < until {
-                return;
-            }
-            log::warn!("deregistration not confirmed within its bound; forwarding anyway");
-            p.deregister_until = None;
-            p.not_before = Some(now);
-        }
-        if p.not_before.is_some_and(|t| now < t) {
-            return;
-        }
-        if !p.pre_stop_started {
-            p.pre_stop_started = true;
-            if let Some(cmd) = self.cfg.hooks.pre_stop.clone() {
-                self.start_hook(HookKind::PreStop, &cmd);
-                return;
-            }
-        }
-        if self.children.values().any(|o| {
-            matches!(
-                o,
-                Owner::Hook {
-                    kind: HookKind::PreStop,
-                    ..
-                }
-            )
-        }) {
-            return;
-        }
-        let signal = p.signal;
-        self.pending_forward = None;
-        self.forward_stop(signal);
-    }
-
-    fn forward_stop(&mut self, signal: i32) {
-        self.forward(signal);
-        if self.app_pid.is_some() && self.kill_app_at.is_none() && self.policy.kill_after_grace {
-            self.kill_app_at = Some(Instant::now() + self.cfg.grace);
-        }
-    }
-
     /// Deliver to the app by our rules (pid or group).
     fn forward(&mut self, sig: i32) {
-        let Some(pid) = self.app_pid else {
+        let Some(pid) = self.app.as_ref().map(|a| a.pid) else {
             log::debug!("no app running; {} not forwarded", signal_name(sig));
             return;
         };
@@ -670,166 +497,11 @@ impl EventLoop {
     }
 
     fn kill_app(&self, sig: i32) {
-        if let Some(pid) = self.app_pid {
+        if let Some(app) = &self.app {
             // The app leads its own group unless isolation is None; only then is the group ours too.
             let group = self.cfg.signal_group && self.cfg.isolation != Isolation::None;
-            spawn::kill(if group { -pid } else { pid }, sig);
+            spawn::kill(if group { -app.pid } else { app.pid }, sig);
         }
-    }
-
-    // ---- the app -----------------------------------------------------------------------------------
-
-    fn spawn_app(&mut self) {
-        let spec = SpawnSpec {
-            path: &self.app_path,
-            argv: &self.cfg.command,
-            isolation: self.cfg.isolation,
-            take_tty: self.take_tty,
-            pdeathsig: self.cfg.pdeathsig,
-            output: None,
-            mask: match self.policy.child_signals {
-                ChildSignals::Inherited => self.mask,
-                ChildSignals::Reset => OriginalMask::empty(),
-            },
-            default_dispositions: self.policy.child_signals == ChildSignals::Reset,
-        };
-        match spawn::spawn(&spec) {
-            Ok(pid) => {
-                log::info!("started {} as pid {pid}", self.app_path.display());
-                if self.policy.chdir_root {
-                    // dumb-init: the init pins no directory (the app keeps the caller's).
-                    if let Err(e) = nix::unistd::chdir("/") {
-                        log::debug!("cannot chdir to /: {e}");
-                    }
-                }
-                self.children.insert(pid, Owner::App);
-                self.no_children = false;
-                self.app_pid = Some(pid);
-                self.app_started = Some(Instant::now());
-                self.state = AppState::Running;
-                if let Some(r) = &self.registration {
-                    r.send(registration::Command::AppStarted { pid });
-                }
-                if let Some(h) = &mut self.health {
-                    h.next = Some(Instant::now());
-                }
-            }
-            Err(e) => {
-                let code = match (&e, self.policy.exec_failure) {
-                    (spawn::SpawnError::Exec { errno, .. }, style)
-                        if style != crate::config::policy::ExecFailure::Microinit =>
-                    {
-                        let name = self.cfg.command[0].to_string_lossy();
-                        let (code, line) = crate::config::policy::exec_failure(
-                            style,
-                            &name,
-                            *errno as i32,
-                            std::process::id(),
-                        );
-                        eprintln!("{line}");
-                        code
-                    }
-                    _ => {
-                        eprintln!("microinit: {e}");
-                        e.exit_code()
-                    }
-                };
-                let status = ExitStatus::Code(code);
-                self.last_exit = Some(status);
-                self.after_app_exit(status);
-            }
-        }
-    }
-
-    fn on_app_exit(&mut self, status: ExitStatus) {
-        log::info!("app (pid {}) ended: {status}", self.app_pid.unwrap_or(0));
-        self.last_app_pid = self.app_pid.take();
-        self.kill_app_at = None;
-        self.last_exit = Some(status);
-        self.after_app_exit(status);
-    }
-
-    fn after_app_exit(&mut self, status: ExitStatus) {
-        let ran_for = self
-            .app_started
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        if let Some(h) = &mut self.health {
-            h.next = None;
-        }
-        let policy_restarts = match self.cfg.restart {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => !status.success(),
-            RestartPolicy::Always => true,
-        };
-        let under_max = self.cfg.max_restarts.is_none_or(|m| self.restarts < m);
-        if !self.stopping && (self.restart_requested || (policy_restarts && under_max)) {
-            let delay = if self.restart_requested {
-                Duration::ZERO
-            } else {
-                if ran_for >= RESTART_HEALTHY_AFTER {
-                    self.backoff_step = 0;
-                }
-                let d = RESTART_BACKOFF_BASE
-                    .saturating_mul(1 << self.backoff_step.min(16))
-                    .min(RESTART_BACKOFF_CAP);
-                self.backoff_step += 1;
-                d
-            };
-            self.restart_requested = false;
-            self.restarts += 1;
-            self.state = AppState::Restarting;
-            if let Some(r) = &self.registration {
-                r.send(registration::Command::AppDown {
-                    reason: format!("app {status}; restarting"),
-                });
-            }
-            log::warn!("app {status}; restart {} in {delay:?}", self.restarts);
-            self.respawn_at = Some(Instant::now() + delay);
-            return;
-        }
-        if policy_restarts && !under_max && !self.stopping {
-            log::warn!("app {status}; giving up after {} restarts", self.restarts);
-        }
-        self.begin_exit(status.remapped(&self.cfg.remap_exit, self.policy.remap_signal_deaths));
-    }
-
-    /// The app is gone for good: deregister, post-stop hook, then sweep what is left.
-    fn begin_exit(&mut self, code: i32) {
-        self.state = AppState::Exited;
-        self.final_status = Some(self.forced_exit.unwrap_or(code));
-        self.pending_forward = None;
-        if let Some(r) = &self.registration {
-            r.send(registration::Command::Deregister);
-            self.deregistering_until =
-                Some(Instant::now() + r.deregister_bound() + DEREGISTER_MARGIN);
-        }
-        if let (EndOfLife::ExitAtOnce { signal_group: true }, Some(pid)) =
-            (self.policy.end_of_life, self.last_app_pid)
-        {
-            // dumb-init: SIGTERM (after the rewrites, so `-r 15:0` sends nothing) to the app's group.
-            let to = self
-                .cfg
-                .rewrites
-                .iter()
-                .find(|r| r.from == libc::SIGTERM)
-                .map_or(libc::SIGTERM, |r| r.to);
-            if to != 0 {
-                spawn::kill(-pid, to);
-            }
-        }
-        match self.cfg.hooks.post_stop.clone() {
-            Some(cmd) => self.start_hook(HookKind::PostStop, &cmd),
-            None => self.sweep_due = self.policy.end_of_life == EndOfLife::Sweep,
-        }
-    }
-
-    /// SIGTERM to whatever the app left behind; SIGKILL at the grace deadline.
-    fn start_sweep(&mut self) {
-        let now = Instant::now();
-        self.sweep = Some((now + self.cfg.grace, now + self.cfg.grace + KILL_SETTLE));
-        self.signal_everything(libc::SIGTERM);
     }
 
     fn signal_everything(&self, sig: i32) {
@@ -844,245 +516,138 @@ impl EventLoop {
         }
     }
 
-    // ---- reaping -----------------------------------------------------------------------------------
+    // ---- the app -------------------------------------------------------------------------------------
 
-    /// Drain exits and route each to its owner. Returns true when no children are left.
-    fn reap(&mut self) -> bool {
-        let drain = reaper::drain();
-        for (pid, status) in drain.exited {
-            log::debug!("reaped pid {pid} ({status})");
-            match self.children.remove(&pid) {
-                Some(Owner::App) => self.on_app_exit(status),
-                Some(Owner::Health {
-                    output,
-                    mut buf,
-                    timed_out,
-                    app_pid,
-                    ..
-                }) => {
-                    read_capped(output.as_raw_fd(), &mut buf);
-                    if app_pid == self.app_pid {
-                        self.on_health_result(status, buf, timed_out);
-                    } else {
-                        // The app it checked exited meanwhile: a late "passing" would turn the check green
-                        // while the app is down (or vouch for a restarted app that is not ready yet).
-                        log::debug!("dropping the result of a health command for a previous app");
-                        // A restarted app's first run was skipped while this one was still going.
-                        self.schedule_health();
-                    }
-                }
-                Some(Owner::Hook {
-                    kind, timed_out, ..
-                }) => self.on_hook_exit(kind, status, timed_out),
-                None => {
-                    self.zombies_reaped += 1;
-                    if self.cfg.warn_on_reap {
-                        // tini -w's line, which scripts grep.
-                        log::warn!("Reaped zombie process with pid={pid}");
-                    }
-                }
-            }
-        }
-        drain.no_children
-    }
-
-    // ---- health command and hooks -----------------------------------------------------------------
-
-    fn shell_spawn(&self, cmd: &str, output: Option<RawFd>) -> Result<i32, spawn::SpawnError> {
-        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
-        spawn::spawn(&SpawnSpec {
-            path: std::path::Path::new("/bin/sh"),
-            argv: &argv,
-            // Own group: a timeout kills the command and whatever it started.
-            isolation: Isolation::ProcessGroup,
-            take_tty: false,
-            pdeathsig: Some(libc::SIGKILL),
-            output,
-            mask: self.mask,
-            default_dispositions: false,
-        })
-    }
-
-    fn start_health(&mut self) {
-        let Some(h) = &mut self.health else { return };
-        h.next = None;
-        if self
-            .children
-            .values()
-            .any(|o| matches!(o, Owner::Health { .. }))
-        {
-            return; // the previous run is still going; its timeout will end it
-        }
-        let (command, timeout) = (h.command.clone(), h.timeout);
-        let (r, w) = match nix::unistd::pipe2(
-            nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
-        ) {
-            Ok(p) => p,
+    fn spawn_app(&mut self) {
+        let path = match &self.app_path {
+            Ok(p) => p.clone(),
             Err(e) => {
-                log::error!("health command: cannot create a pipe: {e}");
+                eprintln!("microinit: {}", e.message(&self.cfg.command[0]));
+                let code = e.exit_code();
+                self.dispatch(Event::AppExited(ExitStatus::Code(code)));
                 return;
             }
         };
-        match self.shell_spawn(&command, Some(w.as_raw_fd())) {
-            Ok(pid) => {
-                self.children.insert(
-                    pid,
-                    Owner::Health {
-                        output: r,
-                        buf: Vec::new(),
-                        deadline: Instant::now() + timeout,
-                        timed_out: false,
-                        app_pid: self.app_pid,
-                    },
-                );
-                self.no_children = false;
+        let spec = SpawnSpec {
+            path: &path,
+            argv: &self.cfg.command,
+            isolation: self.cfg.isolation,
+            take_tty: self.take_tty,
+            pdeathsig: self.cfg.pdeathsig,
+            output: None,
+            mask: match self.policy.child_signals {
+                ChildSignals::Inherited => self.mask,
+                ChildSignals::Reset => OriginalMask::empty(),
+            },
+            default_dispositions: self.policy.child_signals == ChildSignals::Reset,
+        };
+        match spawn::spawn(&spec) {
+            Ok(started) => {
+                if self.policy.chdir_root {
+                    // dumb-init: the init pins no directory (the app keeps the caller's).
+                    if let Err(e) = nix::unistd::chdir("/") {
+                        log::debug!("cannot chdir to /: {e}");
+                    }
+                }
+                self.children.insert(started.pid, Owner::App);
+                self.last_app_pid = Some(started.pid);
+                self.app = Some(App {
+                    pid: started.pid,
+                    exec_pipe: Some(started.exec_pipe),
+                    exec_failure: None,
+                    started: Instant::now(),
+                });
             }
             Err(e) => {
-                self.send_health(
-                    CheckStatus::Critical,
-                    format!("health command could not start: {e}"),
-                );
-                self.schedule_health();
+                eprintln!("microinit: {e}");
+                self.reap_due = true;
+                self.dispatch(Event::AppExited(ExitStatus::Code(e.exit_code())));
             }
         }
     }
 
-    fn on_health_result(&mut self, status: ExitStatus, buf: Vec<u8>, timed_out: bool) {
-        let mut output = String::from_utf8_lossy(&buf).into_owned();
-        let check = if timed_out {
-            output = format!(
-                "health command timed out after {:?}\n{output}",
-                self.health.as_ref().map(|h| h.timeout).unwrap_or_default()
-            );
-            CheckStatus::Critical
-        } else {
-            match status {
-                ExitStatus::Code(0) => CheckStatus::Passing,
-                ExitStatus::Code(1) => CheckStatus::Warning,
-                _ => CheckStatus::Critical,
-            }
+    /// The exec-result pipe is readable: the app execed, or its exec failed (its exit follows).
+    fn on_exec_pipe(&mut self) {
+        let Some(pipe) = self.app.as_ref().and_then(|a| a.exec_pipe.as_ref()) else {
+            return;
         };
-        self.send_health(check, output);
-        self.schedule_health();
-    }
-
-    fn send_health(&self, status: CheckStatus, output: String) {
-        if let Some(r) = &self.registration {
-            r.send(registration::Command::Health { status, output });
-        }
-    }
-
-    fn schedule_health(&mut self) {
-        if self.app_pid.is_some() {
-            if let Some(h) = &mut self.health {
-                h.next = Some(Instant::now() + h.interval);
-            }
-        }
-    }
-
-    fn start_hook(&mut self, kind: HookKind, cmd: &str) {
-        match self.shell_spawn(cmd, None) {
-            Ok(pid) => {
-                log::info!("{} hook started (pid {pid})", kind.name());
-                let deadline = Instant::now() + self.cfg.hooks.timeout;
-                self.children.insert(
-                    pid,
-                    Owner::Hook {
-                        kind,
-                        deadline,
-                        timed_out: false,
-                    },
-                );
-                self.no_children = false;
-            }
-            Err(e) => self.on_hook_failed(kind, &format!("could not start: {e}"), e.exit_code()),
-        }
-    }
-
-    fn on_hook_exit(&mut self, kind: HookKind, status: ExitStatus, timed_out: bool) {
-        if status.success() && !timed_out {
-            log::info!("{} hook done", kind.name());
-            self.after_hook(kind);
-        } else {
-            let what = if timed_out {
-                format!("timed out after {:?}", self.cfg.hooks.timeout)
-            } else {
-                status.to_string()
-            };
-            self.on_hook_failed(kind, &what, status.code());
-        }
-    }
-
-    fn on_hook_failed(&mut self, kind: HookKind, what: &str, code: i32) {
-        if kind == HookKind::PreStart && self.final_status.is_some() {
-            // Ended by our own sweep: a stop request arrived while the hook ran; the exit is under way.
-            log::info!("pre-start hook ended by the stop request ({what})");
+        let outcome = spawn::exec_outcome(pipe);
+        if outcome == ExecOutcome::Pending {
             return;
         }
-        eprintln!("microinit: {} hook failed: {what}", kind.name());
-        if kind == HookKind::PreStart {
-            // A failed pre-start means the app's preconditions do not hold: do not start it.
-            eprintln!("microinit: not starting the app; exiting with the hook's status {code}");
-            self.stopping = true;
-            self.begin_exit(code);
-        } else {
-            self.after_hook(kind);
+        let failure = match outcome {
+            ExecOutcome::Failed(errno) => self.report_exec_failure(errno),
+            _ => None,
+        };
+        if let Some(app) = &mut self.app {
+            app.exec_pipe = None;
+            app.exec_failure = failure;
+        }
+        if outcome == ExecOutcome::Execed {
+            self.dispatch(Event::Execed);
         }
     }
 
-    fn after_hook(&mut self, kind: HookKind) {
-        match kind {
-            HookKind::PreStart if self.final_status.is_none() => self.spawn_app(),
-            HookKind::PreStart => {}
-            HookKind::PreStop => self.advance_pending_forward(Instant::now()),
-            HookKind::PostStop => self.sweep_due = true,
+    /// Says why the exec failed, in the dialect's words. The child exits with microinit's own code (127 or
+    /// 126); a dialect with other codes (tini, dumb-init) has its code returned here, to stand for it.
+    fn report_exec_failure(&self, errno: nix::errno::Errno) -> Option<i32> {
+        let style = self.policy.exec_failure;
+        if style != crate::config::policy::ExecFailure::Microinit {
+            let name = self.cfg.command[0].to_string_lossy();
+            let (code, line) =
+                crate::config::policy::exec_failure(style, &name, errno as i32, std::process::id());
+            eprintln!("{line}");
+            return Some(code);
         }
+        if let Ok(path) = &self.app_path {
+            let e = SpawnError::Exec {
+                path: path.clone(),
+                errno,
+            };
+            eprintln!("microinit: {e}");
+        }
+        None
+    }
+
+    fn on_app_started(&mut self) {
+        let Some(app) = &self.app else { return };
+        let pid = app.pid;
+        if let Ok(path) = &self.app_path {
+            log::info!("started {} as pid {pid}", path.display());
+        }
+        self.tell_worker(registration::Command::AppStarted { pid });
+        self.health_app_started();
+    }
+
+    fn on_app_exit(&mut self, mut status: ExitStatus) {
+        let Some(mut app) = self.app.take() else {
+            return;
+        };
+        if let Some(pipe) = app.exec_pipe.take() {
+            // Exited before the loop saw the pipe: an exec failure is there to read (never blocks: the
+            // child is gone, so the pipe holds its errno or is at EOF).
+            if let ExecOutcome::Failed(errno) = spawn::exec_outcome(&pipe) {
+                app.exec_failure = self.report_exec_failure(errno);
+            }
+        }
+        if let Some(code) = app.exec_failure {
+            status = ExitStatus::Code(code);
+        }
+        log::info!("app (pid {}) ended: {status}", app.pid);
+        self.health_app_stopped();
+        self.dispatch(Event::AppExited(status));
     }
 
     // ---- registration worker -------------------------------------------------------------------------
 
     fn on_worker_event(&mut self, ev: registration::Event) {
         match ev {
-            registration::Event::Deregistered => {
-                self.deregistering_until = None;
-                if let Some(p) = &mut self.pending_forward {
-                    if p.deregister_until.take().is_some() {
-                        p.not_before = Some(Instant::now() + self.drain);
-                    }
-                }
-                self.advance_pending_forward(Instant::now());
-            }
+            registration::Event::Deregistered => self.dispatch(Event::Deregistered),
             registration::Event::Fatal(msg) => {
                 eprintln!("microinit: {msg}");
-                if self.consul_required && self.final_status.is_none() {
-                    eprintln!(
-                        "microinit: --consul-required: stopping the app; exit status will be 125"
-                    );
-                    self.stopping = true;
-                    self.forced_exit = Some(125);
-                    if self.app_pid.is_some() {
-                        self.forward_stop(libc::SIGTERM);
-                    } else {
-                        self.respawn_at = None;
-                        self.begin_exit(125);
-                    }
-                }
+                self.dispatch(Event::ConsulFatal);
             }
             registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
-        }
-    }
-}
-
-/// Read what is available (non-blocking) into `buf`, keeping at most HEALTH_OUTPUT_MAX bytes.
-fn read_capped(fd: RawFd, buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match nix::unistd::read(fd, &mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = HEALTH_OUTPUT_MAX.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
-            }
         }
     }
 }

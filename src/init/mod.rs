@@ -6,6 +6,7 @@
 
 pub mod event_loop;
 pub mod exit_status;
+pub mod lifecycle;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;

@@ -1,8 +1,8 @@
 //! Starting children with PID-1 hygiene, and signalling what we started.
 //!
 //! Owns: fork/exec (session or process group, terminal hand-over, parent-death signal, the original signal
-//! mask restored between fork and exec, exec errors reported back through a close-on-exec pipe), and the
-//! enumeration of what is left to signal on the way out. Does not own: waiting for children (`reaper`) or
+//! mask restored between fork and exec, exec errors reported back through a close-on-exec pipe that the
+//! event loop polls), and the enumeration of what is left to signal on the way out. Does not own: waiting for children (`reaper`) or
 //! deciding when to spawn (`event_loop`).
 
 use std::ffi::{CString, OsString};
@@ -84,8 +84,28 @@ pub fn withhold_from_children(names: &[&str]) {
     }
 }
 
-/// Fork and exec. Returns the child's pid once exec has succeeded (or the exec error).
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
+/// A forked child whose exec has not been confirmed yet.
+pub struct Started {
+    pub pid: i32,
+    /// Non-blocking, close-on-exec: reads EOF once exec succeeded, or the child's errno when it failed.
+    /// The event loop polls it (`exec_outcome`): a child stopped before its exec (SIGSTOP from another
+    /// process) must not hang PID 1 in a read.
+    pub exec_pipe: OwnedFd,
+}
+
+/// What the exec-result pipe says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// Nothing yet: the child has not reached exec.
+    Pending,
+    /// The pipe closed on exec: the program runs.
+    Execed,
+    Failed(Errno),
+}
+
+/// Fork; the exec's outcome comes through `Started::exec_pipe`. Errors here are microinit's own (fork,
+/// pipe, an argument with a NUL byte): nothing was started.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
     // Everything the child needs is allocated before fork: after fork only async-signal-safe calls are
     // allowed, since the Consul worker thread may hold the allocator's lock at the moment of fork.
     let path = cstr(spec.path.as_os_str().as_bytes())?;
@@ -124,7 +144,15 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<i32, SpawnError> {
         }
     }
     drop(err_w);
-    read_exec_result(err_r, pid, spec.path)
+    // Only our end is non-blocking (the child's end is gone at exec anyway, and writes 4 bytes at most).
+    let _ = nix::fcntl::fcntl(
+        err_r.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    Ok(Started {
+        pid,
+        exec_pipe: err_r,
+    })
 }
 
 /// The child side of `spawn`; never returns.
@@ -183,28 +211,20 @@ unsafe fn child(
     libc::_exit(if errno == libc::ENOENT { 127 } else { 126 });
 }
 
-/// The close-on-exec pipe reads EOF when exec succeeded, or the child's errno when it did not.
-fn read_exec_result(err_r: OwnedFd, pid: i32, path: &Path) -> Result<i32, SpawnError> {
+/// One non-blocking read of the exec-result pipe. The child writes its errno with one write(2) of 4 bytes
+/// (atomic on a pipe), so a read sees all of it or nothing.
+pub fn exec_outcome(exec_pipe: &OwnedFd) -> ExecOutcome {
     let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
+    loop {
+        return match nix::unistd::read(exec_pipe.as_raw_fd(), &mut buf) {
+            Ok(0) => ExecOutcome::Execed,
+            Ok(4) => ExecOutcome::Failed(Errno::from_raw(i32::from_ne_bytes(buf))),
             Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
+            Err(Errno::EAGAIN) => ExecOutcome::Pending,
+            // A short read or an error cannot come from our child; treat the program as started.
+            Ok(_) | Err(_) => ExecOutcome::Execed,
+        };
     }
-    if got < buf.len() {
-        return Ok(pid);
-    }
-    // The child _exits right after writing; reap it here so it is not mistaken for an orphan later.
-    // SAFETY: plain waitpid on our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    Err(SpawnError::Exec {
-        path: path.to_path_buf(),
-        errno: Errno::from_raw(i32::from_ne_bytes(buf)),
-    })
 }
 
 /// Send `sig` to `pid`; ESRCH (already gone) is not an error worth reporting.

@@ -43,7 +43,7 @@ use manifest::ManifestOut;
 use resolve::Node;
 
 pub use report::{Kind, Report};
-pub use wait::check_waiting;
+pub use wait::{check_waiting, Waiter};
 
 /// Linux follows at most this many symlinks in one lookup (MAXSYMLINKS) before ELOOP.
 const MAX_LINKS: usize = 40;

@@ -18,41 +18,97 @@ use crate::config::RuntimeCheckConfig;
 
 /// Checks, and while something is missing and `cfg.wait` has not run out, waits for a change (inotify on
 /// the directories concerned, with a capped backoff re-check because a volume mount raises no inotify event)
-/// and checks again. Returns the last report.
+/// and checks again. Returns the last report. The blocking form of `Waiter`.
 pub fn check_waiting(command: &[OsString], cfg: &RuntimeCheckConfig) -> Report {
-    let mut report = check(command, cfg);
     let Some(wait) = cfg.wait else {
-        return report;
+        return check(command, cfg);
     };
     let deadline = Instant::now() + wait;
-    let mut poll = WAIT_FIRST_POLL;
-    if !report.is_ok() {
-        let first = report
-            .missing
-            .first()
-            .map(Missing::describe)
-            .unwrap_or_default();
-        log::warn!("runtime incomplete, waiting up to {wait:?} for it (missing: {first})");
-    }
-    while !report.is_ok() {
+    let mut w = Waiter::new(command, cfg, Instant::now());
+    while !w.report().is_ok() {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        let watch = Watch::new(&cfg.root, report.missing.iter().flat_map(|m| &m.watch));
-        // Re-check after arming the watches, so a change between the last check and now is not missed.
-        report = check(command, cfg);
-        if report.is_ok() {
-            break;
-        }
-        let timeout = poll.min(deadline - now);
-        match watch {
-            Some(w) => w.wait(timeout),
+        let timeout = w.next_check().min(deadline).saturating_duration_since(now);
+        match &w.watch {
+            Some(watch) => watch.wait(timeout),
             None => std::thread::sleep(timeout),
         }
-        poll = (poll * 2).min(WAIT_MAX_POLL);
+        w.recheck(command, cfg, Instant::now());
     }
-    report
+    w.into_report()
+}
+
+/// The wait for a late runtime volume without blocking, for a caller with its own event loop (PID 1 must
+/// answer signals and `microinit status` meanwhile): poll `fd()` for input and call `recheck` when it is
+/// readable or `next_check()` has passed; the caller owns the overall deadline. (A small API added for
+/// issue 9's event loop; how the check and the watches work stays this module's business.)
+pub struct Waiter {
+    watch: Option<Watch>,
+    next_check: Instant,
+    poll: Duration,
+    report: Report,
+}
+
+impl Waiter {
+    /// Checks once and, while something is missing, arms the watches.
+    pub fn new(command: &[OsString], cfg: &RuntimeCheckConfig, now: Instant) -> Waiter {
+        let mut w = Waiter {
+            watch: None,
+            next_check: now,
+            poll: WAIT_FIRST_POLL,
+            report: check(command, cfg),
+        };
+        if !w.report.is_ok() {
+            let first = w
+                .report
+                .missing
+                .first()
+                .map(Missing::describe)
+                .unwrap_or_default();
+            let wait = cfg.wait.unwrap_or_default();
+            log::warn!("runtime incomplete, waiting up to {wait:?} for it (missing: {first})");
+            w.recheck(command, cfg, now);
+        }
+        w
+    }
+
+    /// Re-arms the watches on what is missing, then checks again; true when the runtime is complete.
+    pub fn recheck(
+        &mut self,
+        command: &[OsString],
+        cfg: &RuntimeCheckConfig,
+        now: Instant,
+    ) -> bool {
+        // Arm first, so a change between this check and the next wait is not missed.
+        self.watch = Watch::new(&cfg.root, self.report.missing.iter().flat_map(|m| &m.watch));
+        self.report = check(command, cfg);
+        // A volume mount raises no inotify event: re-check on a capped backoff too.
+        self.next_check = now + self.poll;
+        self.poll = (self.poll * 2).min(WAIT_MAX_POLL);
+        if self.report.is_ok() {
+            self.watch = None;
+        }
+        self.report.is_ok()
+    }
+
+    /// Readable when a watched directory changed.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        self.watch.as_ref().map(|w| w.fd.as_raw_fd())
+    }
+
+    pub fn next_check(&self) -> Instant {
+        self.next_check
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    pub fn into_report(self) -> Report {
+        self.report
+    }
 }
 
 /// inotify on a few directories, for `check_waiting`.

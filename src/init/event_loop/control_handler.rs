@@ -7,12 +7,13 @@
 
 use std::time::Instant;
 
-use super::{AppState, EventLoop};
+use super::EventLoop;
 use crate::consul::registration;
 use crate::control::protocol::{Reply, Request};
 use crate::control::server::{ClientId, Incoming};
 use crate::control::status::{self, Status};
 use crate::init::exit_status::ExitStatus;
+use crate::init::lifecycle::Event;
 use crate::init::signals::signal_name;
 
 impl EventLoop {
@@ -75,17 +76,24 @@ impl EventLoop {
                 dialect: self.dialect.into(),
             },
             app: status::App {
-                pid: self.app_pid,
+                pid: self.app.as_ref().map(|a| a.pid),
                 command: self
                     .cfg
                     .command
                     .iter()
                     .map(|a| a.to_string_lossy().into_owned())
                     .collect(),
-                state: self.state.as_str().into(),
-                uptime_s: self.app_started.map(|t| t.elapsed().as_secs_f64()),
-                restarts: self.restarts,
-                last_exit: self.last_exit.map(|e| match e {
+                state: match self.waiting_for() {
+                    Some((what, since)) => format!(
+                        "waiting for {} since {:.1} s",
+                        what.describe(),
+                        since.elapsed().as_secs_f64()
+                    ),
+                    None => self.lifecycle.state_name().into(),
+                },
+                uptime_s: self.app.as_ref().map(|a| a.started.elapsed().as_secs_f64()),
+                restarts: self.lifecycle.restarts(),
+                last_exit: self.lifecycle.last_exit().map(|e| match e {
                     ExitStatus::Code(n) => status::LastExit::Code(n),
                     ExitStatus::Signal(s) => status::LastExit::Signal(s),
                 }),
@@ -99,9 +107,11 @@ impl EventLoop {
 
     fn signal_request(&mut self, sig: i32) -> Result<String, String> {
         let pid = self
-            .app_pid
+            .app
+            .as_ref()
+            .map(|a| a.pid)
             .ok_or_else(|| format!("no app running; {} not sent", signal_name(sig)))?;
-        self.deliver(sig);
+        self.dispatch(Event::Signal(sig));
         Ok(format!(
             "{} delivered to the app (pid {pid}) by microinit's rules",
             signal_name(sig)
@@ -109,35 +119,9 @@ impl EventLoop {
     }
 
     fn restart_request(&mut self) -> Result<String, String> {
-        if self.stopping || self.state == AppState::Exited {
-            return Err("microinit is stopping; not restarting the app".into());
-        }
-        match self.app_pid {
-            Some(pid) if self.restart_requested => Ok(format!(
-                "a restart is already under way (waiting for pid {pid} to exit)"
-            )),
-            Some(pid) => {
-                // The exit is routed to after_app_exit, which respawns at once when restart_requested is set.
-                self.restart_requested = true;
-                self.state = AppState::Restarting;
-                if let Some(r) = &self.registration {
-                    r.send(registration::Command::AppDown {
-                        reason: "restart requested (microinit restart)".into(),
-                    });
-                }
-                self.forward_stop(libc::SIGTERM);
-                Ok(format!(
-                    "restarting the app: SIGTERM sent to pid {pid}, SIGKILL after {:?} if it is still running",
-                    self.cfg.grace
-                ))
-            }
-            // Between restarts (backoff) or before the pre-start hook finished: start without waiting.
-            None if self.respawn_at.is_some() => {
-                self.respawn_at = Some(Instant::now());
-                Ok("the app was waiting to restart; starting it now".into())
-            }
-            None => Err("the app is not running yet (pre-start hook); nothing to restart".into()),
-        }
+        let answer = self.lifecycle.restart_answer()?;
+        self.dispatch(Event::Restart);
+        Ok(answer.into())
     }
 
     fn maintenance_request(
