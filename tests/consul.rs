@@ -302,6 +302,29 @@ fn health_command_states_reach_consul() {
     assert!(agent.service("it-health-1", None).is_none());
 }
 
+/// The pipe holds 64 KiB: a command printing more must block until PID 1 reads, not fail with EAGAIN (only
+/// PID 1's end of the pipe is non-blocking).
+#[test]
+fn a_health_command_printing_more_than_64_kib_passes() {
+    let agent = DevAgent::start();
+    let dir = scratch("health-big");
+    let cmd = "head -c 100000 /dev/zero | tr '\\0' x || exit 2";
+    let args = [
+        "--service-name",
+        "it-hbig",
+        "--health-cmd",
+        cmd,
+        "--health-interval",
+        "200ms",
+    ];
+    let run = Run::start(&dir, &agent.addr(), "it-hbig-1", &args, &[]);
+    wait_until("passing with 100 000 bytes of output", SOON, || {
+        agent.check_status("microinit:it-hbig-1", None).as_deref() == Some("passing")
+    });
+    run.stop_app();
+    assert_eq!(run.wait(SOON).code(), Some(0));
+}
+
 #[test]
 fn black_holed_agent_delays_exit_by_at_most_the_bound() {
     // Listening, never accepting: every request hangs until its timeout.
