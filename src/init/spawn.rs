@@ -287,6 +287,23 @@ pub fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// Whether we have any child at all (running or a zombie, orphans reparented to us included). WNOWAIT: the
+/// status stays for the reaper, which alone collects it; ECHILD means none.
+pub fn has_children() -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid fills `info`, which outlives the call; no pointer is kept.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    !(r == -1 && Errno::last() == Errno::ECHILD)
+}
+
 /// Our direct children according to /proc (orphans reparented to us included).
 ///
 /// Used only when we are a subreaper and not PID 1: kill(-1) would then reach the whole host.
