@@ -77,7 +77,8 @@ pub struct DialectPolicy {
     /// dumb-init: `chdir("/")` after forking, so the init pins no directory (the app keeps the caller's).
     pub chdir_root: bool,
     /// Signals the init leaves unblocked at their default action, never forwarded (tini: the synchronous
-    /// ones, FPE ILL SEGV BUS ABRT TRAP SYS, so a `kill -SEGV` of a tini that is not PID 1 kills it).
+    /// ones, FPE ILL SEGV BUS ABRT TRAP SYS, so a `kill -SEGV` of a tini that is not PID 1 kills it; both
+    /// tools: 32 and 33, which glibc's sigfillset leaves out).
     pub default_action: &'static [i32],
     /// Signals the init neither forwards nor acts on (tini ignores SIGTTIN/SIGTTOU for itself).
     pub not_forwarded: &'static [i32],

@@ -457,7 +457,7 @@ mod tls {
         if agent.https {
             return Err(format!(
                 "{}: this microinit is the plain build, without TLS; use the TLS build \
-                 (microinit-tls, the -tls base image) or a plain http:// or unix:// agent address",
+                 (microinit-https, the base-https image) or a plain http:// or unix:// agent address",
                 agent.display()
             ));
         }

@@ -27,9 +27,14 @@ pub fn rtmax() -> i32 {
 /// Every signal 1-64. libc's sigfillset leaves out the ones the libc reserves (musl: 32-34), which would
 /// leave them unblocked and, for PID 1, silently discarded instead of forwarded.
 fn every_signal() -> SigSet {
+    every_signal_but(&[])
+}
+
+/// Every signal 1-64 but `except`.
+fn every_signal_but(except: &[i32]) -> SigSet {
     // SAFETY: an all-zero sigset_t is valid; the kernel's mask is its first 64 bits.
     let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe { *(&mut raw as *mut libc::sigset_t).cast::<u64>() = u64::MAX };
+    unsafe { *(&mut raw as *mut libc::sigset_t).cast::<u64>() = !signal_bits(except) };
     // SAFETY: raw is initialised above.
     unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
@@ -127,15 +132,31 @@ pub fn leave_at_default(sigs: &[i32]) {
     if sigs.is_empty() {
         return;
     }
-    let mut set = SigSet::empty();
     for &s in sigs {
         if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
-            set.add(sig);
-            // SAFETY: SIG_DFL is always a valid disposition.
-            unsafe { libc::signal(s, libc::SIG_DFL) };
+            // SAFETY: SIG_DFL is always a valid disposition. (32-64 were never given another one.)
+            unsafe { libc::signal(sig as i32, libc::SIG_DFL) };
         }
     }
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    let set = signal_bits(sigs);
+    // The raw syscall: musl's sigprocmask refuses to touch 32-34 (glibc's own 32 and 33 included).
+    // SAFETY: set is 8 valid bytes, the old mask is not asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_UNBLOCK,
+            &set as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+}
+
+/// The kernel's 64-bit signal mask with `sigs` set.
+fn signal_bits(sigs: &[i32]) -> u64 {
+    sigs.iter()
+        .filter(|s| (1..=64).contains(*s))
+        .fold(0u64, |m, s| m | 1u64 << (s - 1))
 }
 
 /// The non-blocking signalfd over every signal, and a blocking twin over the same queue.
@@ -147,15 +168,9 @@ pub struct Signals {
 
 /// signalfd4 over every signal.
 fn open_signalfd(flags: libc::c_int, except: &[i32]) -> nix::Result<OwnedFd> {
-    let mut set = every_signal();
     // A signal left at its default action must stay out: a signalfd read would dequeue it before the
     // kernel could act on it.
-    for s in except
-        .iter()
-        .filter_map(|s| nix::sys::signal::Signal::try_from(*s).ok())
-    {
-        set.remove(s);
-    }
+    let set = every_signal_but(except);
     // The raw syscall: musl's signalfd() wrapper drops 32-34 from the mask, so they would stay pending
     // unread (and unforwarded) forever.
     // SAFETY: set points to a valid sigset_t of at least 8 bytes; the result is checked.
