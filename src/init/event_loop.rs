@@ -375,12 +375,7 @@ impl EventLoop {
         if runtime_watch.is_some_and(ready) {
             self.recheck_runtime();
         }
-        let health_ready: Vec<RawFd> = fds
-            .iter()
-            .filter(|p| p.revents != 0)
-            .map(|p| p.fd)
-            .collect();
-        self.read_health_output(&health_ready);
+        self.read_health_output(&fds);
         self.serve_control(&fds);
     }
 
