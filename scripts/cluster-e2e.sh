@@ -62,7 +62,7 @@ base=$p/base:e2e consul=$p/consul:e2e
 cleanup() {
     remove_labelled "$label"
     for net in servers h1 h2 h3; do docker network rm "$p-$net" >/dev/null 2>&1; done
-    docker rmi "$base" "$consul" "$p/filebox:e2e" "$p/node-hello:e2e" >/dev/null 2>&1
+    docker rmi "$base" "$p/base-https:e2e" "$consul" "$p/filebox:e2e" "$p/node-hello:e2e" >/dev/null 2>&1
     rm -rf "$build"
 }
 trap cleanup EXIT

@@ -55,6 +55,6 @@ if [ -z "${SKIP_E2E:-}" ]; then
     step "Docker end-to-end (scripts/e2e-docker.sh)"
     MICROINIT_BIN=$MICROINIT_BIN MICROINIT_HTTPS_BIN=$MICROINIT_HTTPS_BIN scripts/e2e-docker.sh
     step "Consul cluster end-to-end, short form (scripts/cluster-e2e.sh; \`long\` for the full figures)"
-    MICROINIT_BIN=$MICROINIT_BIN scripts/cluster-e2e.sh
+    MICROINIT_BIN=$MICROINIT_BIN MICROINIT_HTTPS_BIN=$MICROINIT_HTTPS_BIN scripts/cluster-e2e.sh
 fi
 step "all checks passed"

@@ -7,5 +7,6 @@ pub mod config;
 pub mod consul;
 pub mod control;
 pub mod init;
+pub mod metrics;
 pub mod runtime_check;
 pub mod text;

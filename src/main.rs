@@ -48,6 +48,7 @@ fn run() -> i32 {
             json,
             socket,
         } => control_client::client_main(&request, json, &socket),
+        Action::Health { socket } => microinit::control::health::health_main(&socket),
         Action::Run(cfg) | Action::Exec(cfg) => supervise(*cfg),
     }
 }

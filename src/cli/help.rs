@@ -36,6 +36,7 @@ pub fn help(d: Dialect) -> String {
         out.push_str(
             "       microinit check [--json] [--write-manifest] [OPTIONS] [CMD...]   runtime check only\n\
              \x20      microinit status [--json] | signal SIG | restart | maintenance on|off [--reason TEXT]\n\
+             \x20      microinit health                                exit 0 when the app is running and ready, else 1\n\
              \x20      microinit exec [OPTIONS] -- CMD [ARGS...]     run CMD as a child subreaper\n",
         );
         out.push_str("\noptions (each also read from the environment variable shown):\n");
@@ -73,8 +74,8 @@ pub fn help(d: Dialect) -> String {
             "\nSignals: every catchable signal (1-31 but SIGCHLD, and SIGRTMIN..SIGRTMAX) is forwarded to the app.\n\
              SIGKILL and SIGSTOP cannot be caught by any process, so they are never forwarded.\n\n\
              Exit status: the app's exit code n, or 128+s when it was killed by signal s; 2 usage error;\n\
-             125 microinit itself failed (or --consul-required and registration failed); 126 command not\n\
-             executable; 127 command not found or runtime missing (see `microinit check`); 3 (clients) no socket.\n",
+             124 --wait-timeout ran out; 125 microinit itself failed (or --consul-required and registration\n\
+             failed); 126 command not executable; 127 command not found or runtime missing (see `microinit check`); 3 (clients) no socket.\n",
         );
     } else {
         out.push_str(

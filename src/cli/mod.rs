@@ -40,6 +40,8 @@ pub enum Action {
         json: bool,
         socket: PathBuf,
     },
+    /// `microinit health`: exit 0 when the app is running and ready, 1 otherwise (`control::health`).
+    Health { socket: PathBuf },
     /// A text to print, exit 0 (`--help`, `--version`, `tini -l`); dumb-init prints them on stderr.
     Print { text: String, stderr: bool },
 }
@@ -92,7 +94,7 @@ pub fn parse(
     match (d, rest.first().and_then(|a| a.to_str())) {
         (Dialect::Microinit, Some("check")) => return parse_check(&rest[1..], env),
         (Dialect::Microinit, Some("exec")) => return parse_exec(&rest[1..], env),
-        (Dialect::Microinit, Some("status" | "signal" | "restart" | "maintenance")) => {
+        (Dialect::Microinit, Some("status" | "signal" | "restart" | "maintenance" | "health")) => {
             return parse_client(&rest, env)
         }
         // tini answers --version only when it is the one argument.
@@ -256,13 +258,18 @@ fn parse_client(
         }
     }
     let request = match (words[0].as_str(), positional.as_slice()) {
+        ("health", []) => {
+            return Ok(Action::Health {
+                socket: PathBuf::from(socket),
+            })
+        }
         ("status", []) => Request::Status,
         ("signal", [sig]) => Request::Signal(parse_signal(sig).map_err(UsageError::microinit)?),
         ("restart", []) => Request::Restart,
         ("maintenance", [m]) if m == "on" || m == "off" => Request::Maintenance { on: m == "on", reason },
         (cmd, _) => {
             return Err(UsageError::microinit(format!(
-                "bad arguments for `microinit {cmd}`: usage is `microinit status [--json]`, `microinit signal SIG`, `microinit restart` or `microinit maintenance on|off [--reason TEXT]`"
+                "bad arguments for `microinit {cmd}`: usage is `microinit status [--json]`, `microinit signal SIG`, `microinit restart`, `microinit maintenance on|off [--reason TEXT]` or `microinit health`"
             )))
         }
     };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::flags::{spec, Kind::*, Section, Section::*, Spec};
 use super::UsageError;
+use crate::config::discovery::{self, DiscoveryConfig};
 use crate::config::*;
 use crate::consul::registration;
 use crate::init::signals::parse_signal;
@@ -27,9 +28,9 @@ pub const MICROINIT: &[Spec] = &[
     spec("verbose", Some('v'), "MICROINIT_VERBOSE", Flag, "", "More log output (-v info, -vv debug, -vvv trace). RUST_LOG also works.", General),
     spec("restart", None, "MICROINIT_RESTART", Value, "POLICY", "never (default), on-failure or always: restart the app with capped exponential backoff.", Restart),
     spec("max-restarts", None, "MICROINIT_MAX_RESTARTS", Value, "N", "Give up after N restarts and exit with the app's last status.", Restart),
-    spec("pre-start", None, "MICROINIT_PRE_START", Value, "CMD", "Shell command run before the app starts; a failure stops the start.", General),
-    spec("pre-stop", None, "MICROINIT_PRE_STOP", Value, "CMD", "Shell command run after deregistration, before SIGTERM is forwarded.", General),
-    spec("post-stop", None, "MICROINIT_POST_STOP", Value, "CMD", "Shell command run after the app exited.", General),
+    spec("pre-start", None, "MICROINIT_PRE_START", Value, "CMD", "Shell command run before the app starts; a failure stops the start. A JSON array [\"PROG\",\"ARG\"] runs with no shell.", General),
+    spec("pre-stop", None, "MICROINIT_PRE_STOP", Value, "CMD", "Shell command run after deregistration, before SIGTERM is forwarded (or a JSON argv, no shell).", General),
+    spec("post-stop", None, "MICROINIT_POST_STOP", Value, "CMD", "Shell command run after the app exited (or a JSON argv, no shell).", General),
     spec("hook-timeout", None, "MICROINIT_HOOK_TIMEOUT", Value, "DURATION", "Time limit of each hook (default 30s); a hook past it is killed.", General),
     spec("runtime-dir", None, "MICROINIT_RUNTIME_DIR", Value, "DIR", "The runtime volume's mount point (default /opt/files): every link into it must resolve.", Runtime),
     spec("require", None, "MICROINIT_REQUIRE", Repeat, "PATH", "A path that must exist before the app starts. Repeatable; env: colon list.", Runtime),
@@ -50,12 +51,19 @@ pub const MICROINIT: &[Spec] = &[
     spec("service-file", None, "MICROINIT_SERVICE_FILE", Value, "PATH", "Service definition in Consul's JSON format.", Consul),
     spec("check-ttl", None, "MICROINIT_CHECK_TTL", Value, "DURATION", "TTL of the service check (default 10s); heartbeat every TTL/2.", Consul),
     spec("deregister-after", None, "MICROINIT_DEREGISTER_AFTER", Value, "DURATION", "Consul removes a service critical this long (default 1m, Consul's minimum).", Consul),
-    spec("health-cmd", None, "MICROINIT_HEALTH_CMD", Value, "CMD", "Shell command run periodically: exit 0 passing, 1 warning, else critical.", Consul),
+    spec("health-cmd", None, "MICROINIT_HEALTH_CMD", Value, "CMD", "Shell command run periodically: exit 0 passing, 1 warning, else critical. A JSON array [\"PROG\",\"ARG\"] runs with no shell.", Consul),
     spec("health-interval", None, "MICROINIT_HEALTH_INTERVAL", Value, "DURATION", "Interval of the health command (default 5s).", Consul),
     spec("health-timeout", None, "MICROINIT_HEALTH_TIMEOUT", Value, "DURATION", "Time limit of the health command (default 3s).", Consul),
-    spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT or tcp:HOST:PORT.", Consul),
+    spec("ready", None, "MICROINIT_READY", Value, "WHEN", "First `passing` when: immediate, health (first passing health command), tcp:PORT, tcp:HOST:PORT, http://… (2xx), file:PATH, or fd:N (the app writes a line to fd N, s6 style).", Consul),
     spec("deregister-timeout", None, "MICROINIT_DEREGISTER_TIMEOUT", Value, "DURATION", "How long a stop waits for the agent to confirm the deregistration (default 2s).", Consul),
     spec("drain", None, "MICROINIT_DRAIN", Value, "DURATION", "Time between deregistering and forwarding SIGTERM (default 0s).", Consul),
+    spec("wait-for", None, "MICROINIT_WAIT_FOR", Repeat, "TARGET", "Start the app only once TARGET is up: consul:NAME[:N][@TAG][?dc=DC] (N passing instances), tcp:HOST:PORT, http://… (2xx) or file:PATH. Repeatable; env: blank-separated list.", General),
+    spec("wait-timeout", None, "MICROINIT_WAIT_TIMEOUT", Value, "DURATION", "Give up waiting for --wait-for targets after this long: exit 124 naming what is missing (default: wait for ever).", General),
+    spec("watch", None, "MICROINIT_WATCH", Repeat, "NAME", "Watch a Consul service's passing instances (NAME[@TAG][?dc=DC]) or a KV key (kv:KEY) while the app runs. Repeatable; env: blank-separated list.", General),
+    spec("on-change", None, "MICROINIT_ON_CHANGE", Value, "ACTION", "On a watched change: signal:SIG (to the app) or exec:PROGRAM ARG… (no shell; or exec:[\"PROGRAM\",\"ARG\"]); the list is in MICROINIT_WATCH_<NAME>.", General),
+    spec("watch-file", None, "MICROINIT_WATCH_FILE", Value, "PATH", "Write the watched instances to PATH on each change (write + rename): host:port lines, or JSON if PATH ends in .json.", General),
+    spec("watch-debounce", None, "MICROINIT_WATCH_DEBOUNCE", Value, "DURATION", "Act on a change only after it has been quiet this long (default 50ms).", General),
+    spec("metrics", None, "MICROINIT_METRICS", Value, "ADDR:PORT", "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default: nothing listens unless asked).", General),
     spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://…, https://… (optionally with a path prefix) or unix:///path (default 127.0.0.1:8500).", Consul),
     spec("consul-token-file", None, "CONSUL_HTTP_TOKEN_FILE", Value, "PATH", "File holding the ACL token, re-read when the agent answers 403 (env CONSUL_HTTP_TOKEN also works; no flag, it would show in ps).", Consul),
     spec("consul-cacert", None, "CONSUL_CACERT", Value, "PATH", "PEM file of the CA that signed the agent's certificate (https).", Consul),
@@ -203,6 +211,16 @@ pub fn build_config(
         hooks,
     };
     let consul = registration::consul_config(opts).map_err(e)?;
+    let discovery = DiscoveryConfig::from_options(opts, || AgentConfig::parse(opts), parse_signal)
+        .map_err(e)?;
+    let metrics = opts
+        .get("MICROINIT_METRICS")
+        .map(|m| {
+            discovery::host_port(m)
+                .map(|_| m.to_string())
+                .map_err(|err| e(format!("--metrics {m}: {err} (e.g. 0.0.0.0:9100)")))
+        })
+        .transpose()?;
     let mut runtime = runtime_config(opts)?;
     // The extras microinit adds (runtime check, control socket) are there by default in its own mode; when
     // it speaks as tini or dumb-init they are opt-in through their variables, so a drop-in prints, creates
@@ -238,6 +256,8 @@ pub fn build_config(
         runtime,
         consul,
         control,
+        discovery,
+        metrics,
     };
     cfg.warnings = section_warnings(opts, &cfg);
     Ok(cfg)

@@ -4,6 +4,8 @@
 //! merged by `cli`). Does not own: parsing argv or reading the environment (`cli`), nor acting on any of it.
 //! Every other module takes the piece of `Config` it needs and nothing else.
 
+pub mod discovery;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -172,8 +174,12 @@ pub enum Readiness {
     Immediate,
     /// When the health command first passes.
     HealthCmd,
-    /// When a TCP connect to this address succeeds.
-    Tcp(String),
+    /// When a shell-free probe first passes: a TCP connect (`tcp:`), an HTTP GET answering 2xx (`http://`),
+    /// a file existing (`file:`).
+    Probe(discovery::WaitTarget),
+    /// When the app writes a line to this file descriptor (s6's notification-fd): microinit gives the app
+    /// the write end of a pipe as fd N.
+    Notify(i32),
 }
 
 /// The service definition to register.
@@ -238,6 +244,10 @@ pub struct Config {
     pub consul: Option<ConsulConfig>,
     /// None: no control socket (e.g. `microinit exec`).
     pub control: Option<ControlConfig>,
+    /// `--wait-for`, `--watch` & co (empty when unused).
+    pub discovery: discovery::DiscoveryConfig,
+    /// `--metrics ADDR:PORT`: serve Prometheus text there; None: nothing listens.
+    pub metrics: Option<String>,
 }
 
 /// Raw option values, keyed by the env var name of each option (`MICROINIT_GRACE`, `CONSUL_HTTP_ADDR`, …).

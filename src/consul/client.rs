@@ -232,9 +232,43 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<String, Error> {
         let body = body.map(|b| b.to_string());
-        match self.call_once(method, path, body.as_deref(), perm, timeout) {
+        self.exchange(method, path, body.as_deref(), perm, timeout, false)
+            .map(|(text, _)| text.unwrap_or_default())
+    }
+
+    /// A blocking query (`GET path?…&index=I&wait=W`): the agent answers when the result changes past index
+    /// `index`, or after `wait`. Returns the body (None for a 404, e.g. a KV key that does not exist, which
+    /// is blocked on like any other answer) and the `X-Consul-Index` to pass next time (0 when the agent sent
+    /// none). `path` already holds its query string. The HTTP timeout covers the wait plus the up to wait/16
+    /// of jitter Consul adds to it.
+    pub fn blocking_get(
+        &self,
+        path: &str,
+        perm: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Option<String>, u64), Error> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis());
+        let timeout = wait + wait / 16 + CALL_TIMEOUT;
+        self.exchange("GET", &path, None, perm, Some(timeout), true)
+            .map(|(text, idx)| (text, idx.unwrap_or(0)))
+    }
+
+    /// One call, retried once with a re-read token after a 403; the body of a 2xx (None for a 404 when
+    /// `not_found_ok`) and the answer's `X-Consul-Index`.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        perm: &str,
+        timeout: Option<Duration>,
+        not_found_ok: bool,
+    ) -> Result<(Option<String>, Option<u64>), Error> {
+        match self.call_once(method, path, body, perm, timeout, not_found_ok) {
             Err(e) if e.kind == ErrorKind::Denied && self.reload_token() => {
-                self.call_once(method, path, body.as_deref(), perm, timeout)
+                self.call_once(method, path, body, perm, timeout, not_found_ok)
             }
             r => r,
         }
@@ -273,7 +307,8 @@ impl Client {
         body: Option<&str>,
         perm: &str,
         timeout: Option<Duration>,
-    ) -> Result<String, Error> {
+        not_found_ok: bool,
+    ) -> Result<(Option<String>, Option<u64>), Error> {
         let mut url = format!("{}{path}", self.base);
         if !self.scope.is_empty() {
             url.push(if path.contains('?') { '&' } else { '?' });
@@ -307,6 +342,11 @@ impl Client {
             }
         };
         let code = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let location = resp
             .headers()
             .get("location")
@@ -318,10 +358,13 @@ impl Client {
             .read_to_vec()
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         if (200..300).contains(&code) {
-            return text.map_err(|e| {
+            return text.map(|t| (Some(t), index)).map_err(|e| {
                 let detail = format!("reading the answer: {}", transport_detail(&e));
                 self.error(ErrorKind::Unreachable, method, path, &detail)
             });
+        }
+        if code == 404 && not_found_ok {
+            return Ok((None, index));
         }
         let text = text.unwrap_or_default();
         let text = first_line(&text);

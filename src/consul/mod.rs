@@ -7,3 +7,4 @@ pub mod client;
 pub mod identity;
 pub mod registration;
 pub mod transport;
+pub mod watch;

@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -21,11 +20,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{json, Map, Value};
 
+use crate::config::discovery::{parse_wait_target, WaitTarget};
 use crate::config::{user_file, AgentConfig, ConsulConfig, Options, Readiness, ServiceSource};
 pub use crate::consul::client::CheckStatus;
 use crate::consul::client::{Client, ErrorKind};
 use crate::consul::{address, identity};
 use crate::control::status;
+use crate::init::probes;
 
 /// Default of `--deregister-timeout`: a deregistration request is answered ([`Event::Deregistered`]) within
 /// this time after [`Registration::send`], even with a black-holed agent: a call in flight is capped by
@@ -38,9 +39,10 @@ const CONSUL_MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
 /// First retry delay after a failure; doubles up to `backoff_cap()`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
-/// TCP readiness: connect timeout and the pause between attempts.
-const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
-const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// `--ready` probes: time limit (short: the worker answers a deregistration only between calls) and the
+/// pause between attempts.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Tell the app (and the hooks and health command, which inherit PID 1's environment) the service ID it
 /// is registered under, in `MICROINIT_SERVICE_ID`: the default ID is computed, and an app that looks
@@ -60,6 +62,8 @@ pub enum Command {
     Health { status: CheckStatus, output: String },
     /// The app exited (maybe to be restarted): the check goes critical with this reason.
     AppDown { reason: String },
+    /// `--ready fd:N`: the app wrote its readiness line.
+    Ready,
     /// `microinit maintenance on|off`: answered with [`Event::MaintenanceResult`].
     Maintenance { on: bool, reason: Option<String> },
     /// Deregister now (SIGTERM or app exit): answered with [`Event::Deregistered`] within [`Registration::deregister_bound`].
@@ -188,11 +192,22 @@ impl Registration {
     /// The state for `microinit status`: agent, service, check, last heartbeat, maintenance, last error
     /// (None only before the worker's first report, which `start` makes before it returns).
     pub fn status(&self) -> Option<status::Consul> {
-        self.status
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        snapshot(&self.status)
     }
+
+    /// A reader of the same status snapshot for another thread (the metrics listener): it never waits for
+    /// the worker, which holds the lock only to replace the value.
+    pub fn status_reader(&self) -> impl Fn() -> Option<status::Consul> + Send + 'static {
+        let status = Arc::clone(&self.status);
+        move || snapshot(&status)
+    }
+}
+
+fn snapshot(status: &Mutex<Option<status::Consul>>) -> Option<status::Consul> {
+    status
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +324,7 @@ impl Worker {
                     )
                 };
                 self.set_check(check);
-                if let Readiness::Tcp(_) = self.cfg.readiness {
+                if let Readiness::Probe(_) = self.cfg.readiness {
                     self.probe_due = Some(Instant::now());
                 }
                 self.sync();
@@ -336,6 +351,20 @@ impl Worker {
                 self.set_check(check);
                 if self.phase == Phase::Active {
                     self.sync();
+                }
+            }
+            Command::Ready => {
+                if self.app_up && !self.ready && matches!(self.cfg.readiness, Readiness::Notify(_))
+                {
+                    self.ready = true;
+                    let check = self.last_health.clone().unwrap_or((
+                        CheckStatus::Passing,
+                        "microinit: the app notified it is ready".into(),
+                    ));
+                    self.set_check(check);
+                    if self.phase == Phase::Active {
+                        self.sync();
+                    }
                 }
             }
             Command::AppDown { reason } => {
@@ -381,7 +410,7 @@ impl Worker {
     fn tick(&mut self) {
         let now = Instant::now();
         if self.probe_due.is_some_and(|d| d <= now) {
-            self.probe_tcp();
+            self.probe_ready();
         }
         if self.retry_due.is_some_and(|d| d <= now) || self.heartbeat_due.is_some_and(|d| d <= now)
         {
@@ -389,29 +418,22 @@ impl Worker {
         }
     }
 
-    fn probe_tcp(&mut self) {
-        let Readiness::Tcp(target) = &self.cfg.readiness else {
+    /// `--ready tcp:|http://|file:`: one shell-free probe (`init::probes`, bounded by its own timeout).
+    fn probe_ready(&mut self) {
+        let Readiness::Probe(target) = &self.cfg.readiness else {
             self.probe_due = None;
             return;
         };
-        let accepted = target
-            .to_socket_addrs()
-            .map(|addrs| {
-                addrs
-                    .into_iter()
-                    .any(|a| TcpStream::connect_timeout(&a, TCP_PROBE_TIMEOUT).is_ok())
-            })
-            .unwrap_or(false);
-        if !accepted {
-            self.probe_due = Some(Instant::now() + TCP_PROBE_INTERVAL);
+        if probes::probe(target, READY_PROBE_TIMEOUT).is_err() {
+            self.probe_due = Some(Instant::now() + READY_PROBE_INTERVAL);
             return;
         }
         self.probe_due = None;
         self.ready = true;
-        let check = self.last_health.clone().unwrap_or((
-            CheckStatus::Passing,
-            format!("microinit: {target} accepts connections"),
-        ));
+        let check = self
+            .last_health
+            .clone()
+            .unwrap_or((CheckStatus::Passing, format!("microinit: {target} is up")));
         self.set_check(check);
         self.sync();
     }
@@ -755,7 +777,8 @@ impl Worker {
     }
 }
 
-fn seed() -> u64 {
+/// A seed for jitter (xorshift): the clock and the pid, so containers started together differ.
+pub(crate) fn seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -950,7 +973,12 @@ fn start_line(cfg: &ConsulConfig, definition: &Value, id: &str, name: &str) -> S
     let when = match &cfg.readiness {
         Readiness::Immediate => "as soon as the app starts".to_string(),
         Readiness::HealthCmd => "when the health command first passes".to_string(),
-        Readiness::Tcp(t) => format!("when {t} accepts connections"),
+        Readiness::Probe(WaitTarget::Tcp { host, port }) => {
+            format!("when {host}:{port} accepts connections")
+        }
+        Readiness::Probe(WaitTarget::Http { url }) => format!("when GET {url} answers 2xx"),
+        Readiness::Probe(t) => format!("when {t} is up"),
+        Readiness::Notify(n) => format!("when the app writes a line to fd {n}"),
     };
     let line = format!(
         "consul: registering {name:?} (id {id:?}){at} with {}; passing {when}",
@@ -1097,7 +1125,10 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
         // A service with a port is ready when the port accepts: a one-off command in an image that sets
         // the service variables (`docker run image node migrate.js`) never shows as a passing instance.
         None => match service_port(&service) {
-            Some(port) => Readiness::Tcp(format!("127.0.0.1:{port}")),
+            Some(port) => Readiness::Probe(WaitTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            }),
             None => Readiness::Immediate,
         },
         Some("immediate") => Readiness::Immediate,
@@ -1105,25 +1136,29 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
         Some("health") => {
             return Err("MICROINIT_READY=health needs MICROINIT_HEALTH_CMD (--health-cmd)".into())
         }
-        Some(t) if t.starts_with("tcp:") => {
-            let target = &t[4..];
-            let target = if target.parse::<u16>().is_ok() {
-                format!("127.0.0.1:{target}")
-            } else {
-                target.into()
+        Some(t) if t.starts_with("tcp:") || t.starts_with("http://") || t.starts_with("file:") => {
+            // tcp:PORT is the app's own port on loopback.
+            let t = match t.strip_prefix("tcp:") {
+                Some(port) if port.parse::<u16>().is_ok() => format!("tcp:127.0.0.1:{port}"),
+                _ => t.to_string(),
             };
-            match target.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Readiness::Tcp(target),
-                _ => {
+            match parse_wait_target(&t) {
+                Ok(target) => Readiness::Probe(target),
+                Err(e) => {
                     return Err(format!(
-                        "MICROINIT_READY={t}: use tcp:PORT or tcp:HOST:PORT"
+                        "MICROINIT_READY={t}: {e}; use tcp:PORT, tcp:HOST:PORT, http://… or file:PATH"
                     ))
                 }
             }
         }
+        Some(t) if t.starts_with("fd:") => match t[3..].parse::<i32>() {
+            // 0-2 are the app's stdio.
+            Ok(n) if (3..=1023).contains(&n) => Readiness::Notify(n),
+            _ => return Err(format!("MICROINIT_READY={t}: use fd:N with N from 3 to 1023")),
+        },
         Some(other) => {
             return Err(format!(
-                "MICROINIT_READY={other}: use immediate, health, tcp:PORT or tcp:HOST:PORT"
+                "MICROINIT_READY={other}: use immediate, health, tcp:PORT, tcp:HOST:PORT, http://…, file:PATH or fd:N"
             ))
         }
     };
@@ -1148,7 +1183,7 @@ pub fn consul_config(opts: &Options) -> Result<Option<ConsulConfig>, String> {
 
 #[cfg(test)]
 #[path = "../../tests/common/consul.rs"]
-mod dev_agent;
+pub(crate) mod dev_agent; // also used by `watch`'s tests
 
 #[cfg(test)]
 impl Registration {
@@ -1268,7 +1303,13 @@ mod tests {
         );
         assert_eq!(
             (c.agent.display(), c.readiness),
-            ("http://h:1".into(), Readiness::Tcp("127.0.0.1:80".into()))
+            (
+                "http://h:1".into(),
+                Readiness::Probe(WaitTarget::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 80
+                })
+            )
         );
 
         for (k, v, needle) in [
@@ -1721,7 +1762,13 @@ mod https_tests {
         ]))
         .expect("ok")
         .expect("on");
-        assert_eq!(fields.readiness, Readiness::Tcp("127.0.0.1:8080".into()));
+        assert_eq!(
+            fields.readiness,
+            Readiness::Probe(WaitTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 8080
+            })
+        );
         let (def, id, name) = service_definition(&fields);
         let line = start_line(&fields, &def, &id, &name);
         assert!(
@@ -1744,7 +1791,13 @@ mod https_tests {
         let c = consul_config(&options(&[("MICROINIT_SERVICE_FILE", f.as_str())]))
             .expect("ok")
             .expect("on");
-        assert_eq!(c.readiness, Readiness::Tcp("127.0.0.1:9090".into()));
+        assert_eq!(
+            c.readiness,
+            Readiness::Probe(WaitTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9090
+            })
+        );
         let ServiceSource::File { definition, .. } = &c.service else {
             panic!("file expected")
         };

@@ -4,6 +4,7 @@
 //! both ends of the socket. Does not own: what a request does (`init`).
 
 pub mod client;
+pub mod health;
 pub mod protocol;
 pub mod render;
 pub mod server;

@@ -4,7 +4,9 @@
 //! (health output, agent errors, the command line, paths) so that a row stays one line and no escape
 //! sequence reaches the operator's terminal. Does not own: the document (`status`) nor the JSON form.
 
-use crate::control::status::{Consul, Heartbeat, LastExit, RuntimeCheck, Status};
+use serde_json::Value;
+
+use crate::control::status::{Consul, Discovery, Heartbeat, LastExit, RuntimeCheck, Status};
 use crate::init::signals::signal_name;
 // One escaping rule for the table and the logs (`text`).
 pub use crate::text::for_terminal as esc;
@@ -48,10 +50,44 @@ pub fn render_status(s: &Status, now_unix: f64) -> String {
         Some(c) => consul_rows(c, now_unix, &mut rows),
         None => rows.push(("consul", "not registering".into())),
     }
+    if let Some(d) = &s.discovery {
+        discovery_rows(d, &mut rows);
+    }
+    if let Some(h) = &s.health {
+        let verdict = if h.ok { "healthy" } else { "unhealthy" };
+        rows.push(("health", format!("{verdict}: {}", text(&h.reason))));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
+}
+
+fn discovery_rows(d: &Discovery, rows: &mut Vec<(&str, String)>) {
+    for w in &d.wait_for {
+        let state = if w.up {
+            "up".to_string()
+        } else {
+            format!("waiting: {}", text(&w.detail))
+        };
+        rows.push(("wait for", format!("{} {state}", text(&w.target))));
+    }
+    for w in &d.watches {
+        let seen = match &w.value {
+            None => "no answer yet".to_string(),
+            Some(Value::Array(v)) => format!("{} passing", v.len()),
+            Some(Value::Null) => "key absent".to_string(),
+            Some(v) => format!("{} bytes", v.as_str().map_or(0, str::len)),
+        };
+        let error = w
+            .error
+            .as_deref()
+            .map_or_else(String::new, |e| format!(" (retrying: {})", text(e)));
+        rows.push(("watch", format!("{} {seen}{error}", text(&w.watch))));
+    }
+    if !d.watches.is_empty() {
+        rows.push(("watch changes", d.changes.to_string()));
+    }
 }
 
 fn consul_rows(c: &Consul, now_unix: f64, rows: &mut Vec<(&str, String)>) {

@@ -21,6 +21,100 @@ pub struct Status {
     pub runtime_check: Option<RuntimeCheck>,
     /// None when microinit does not register a service.
     pub consul: Option<Consul>,
+    /// None without `--wait-for` and `--watch`.
+    pub discovery: Option<Discovery>,
+    /// What `microinit health` reports (None only from a PID 1 that predates it).
+    pub health: Option<Health>,
+}
+
+/// `microinit health`'s verdict, computed by PID 1 (`control::health::verdict`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub ok: bool,
+    /// One line: why (un)healthy.
+    pub reason: String,
+}
+
+/// Upstreams awaited and watched (`init::discovery`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// The app has not started yet because of `--wait-for`.
+    pub waiting: bool,
+    pub waited_s: Option<f64>,
+    pub wait_timeout_s: Option<f64>,
+    pub wait_for: Vec<WaitFor>,
+    pub watches: Vec<Watch>,
+    /// Watch changes acted on or pending (first answers not counted).
+    pub changes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitFor {
+    /// As the user wrote it: "consul:db:2", "tcp:redis:6379", …
+    pub target: String,
+    pub up: bool,
+    /// Why not up yet, in one line (from the network: untrusted).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watch {
+    /// "web", "web@v2", "kv:config/app".
+    pub watch: String,
+    /// The last answer: `[{"id","node","address","port"}…]` for a service, the text (or null) for a KV key;
+    /// None before the first answer. From the agent: untrusted.
+    pub value: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl Discovery {
+    fn to_json(&self) -> Value {
+        json!({
+            "waiting": self.waiting,
+            "waited_s": self.waited_s,
+            "wait_timeout_s": self.wait_timeout_s,
+            "wait_for": self.wait_for.iter().map(|w| json!({
+                "target": w.target, "up": w.up, "detail": w.detail,
+            })).collect::<Vec<_>>(),
+            "watches": self.watches.iter().map(|w| json!({
+                "watch": w.watch, "value": w.value, "error": w.error,
+            })).collect::<Vec<_>>(),
+            "changes": self.changes,
+        })
+    }
+
+    fn from_json(d: &Fields<'_>) -> Result<Discovery, String> {
+        Ok(Discovery {
+            waiting: d.boolean("waiting")?,
+            waited_s: d.opt_f64("waited_s")?,
+            wait_timeout_s: d.opt_f64("wait_timeout_s")?,
+            wait_for: d
+                .array("wait_for")?
+                .iter()
+                .map(|w| {
+                    let w = Fields::of(w, "discovery.wait_for[].")?;
+                    Ok(WaitFor {
+                        target: w.string("target")?,
+                        up: w.boolean("up")?,
+                        detail: w.string("detail")?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            watches: d
+                .array("watches")?
+                .iter()
+                .map(|w| {
+                    let w = Fields::of(w, "discovery.watches[].")?;
+                    Ok(Watch {
+                        watch: w.string("watch")?,
+                        value: w.get("value").cloned(),
+                        error: w.opt_string("error")?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            changes: d.uint("changes")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +254,8 @@ impl Status {
                 })).collect::<Vec<_>>(),
             })),
             "consul": self.consul.as_ref().map(Consul::to_json),
+            "discovery": self.discovery.as_ref().map(Discovery::to_json),
+            "health": self.health.as_ref().map(|h| json!({"ok": h.ok, "reason": h.reason})),
         })
     }
 
@@ -254,6 +350,17 @@ impl Status {
             zombies_reaped: top.uint("zombies_reaped")?,
             runtime_check,
             consul,
+            discovery: top
+                .optional_object("discovery", "discovery.")?
+                .map(|d| Discovery::from_json(&d))
+                .transpose()?,
+            health: match top.optional_object("health", "health.")? {
+                None => None,
+                Some(h) => Some(Health {
+                    ok: h.boolean("ok")?,
+                    reason: h.string("reason")?,
+                }),
+            },
         })
     }
 }
@@ -411,6 +518,28 @@ pub(crate) mod tests {
                 last_error: None,
                 registrations: 1,
             }),
+            discovery: Some(Discovery {
+                waiting: true,
+                waited_s: Some(6.5),
+                wait_timeout_s: None,
+                wait_for: vec![WaitFor {
+                    target: "consul:db:2".into(),
+                    up: false,
+                    detail: "1 of 2 passing".into(),
+                }],
+                watches: vec![Watch {
+                    watch: "web".into(),
+                    value: Some(
+                        json!([{"id": "web-1", "node": "n1", "address": "10.0.0.1", "port": 80}]),
+                    ),
+                    error: Some("agent unreachable".into()),
+                }],
+                changes: 3,
+            }),
+            health: Some(Health {
+                ok: false,
+                reason: "waiting for upstreams: consul:db:2 (1 of 2 passing)".into(),
+            }),
         }
     }
 
@@ -423,6 +552,8 @@ pub(crate) mod tests {
         s.app.last_exit = Some(LastExit::Code(3));
         s.runtime_check = None;
         s.consul = None;
+        s.discovery = None;
+        s.health = None;
         s
     }
 

@@ -24,6 +24,7 @@ use crate::config::{
 use crate::consul::registration::{self, Registration};
 use crate::control::server::{ClientId, ControlServer};
 use crate::control::status;
+use crate::init::discovery::{self, Discovery};
 use crate::init::exit_status::ExitStatus;
 use crate::init::lifecycle::{Action, Actions, Awaited, DownReason, Event, Lifecycle, Policy};
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
@@ -34,6 +35,7 @@ mod children;
 mod control_handler;
 mod health;
 mod hooks;
+mod upstreams;
 
 use children::Owner;
 use health::HealthSchedule;
@@ -105,11 +107,23 @@ pub struct EventLoop {
     signals_forwarded: u64,
     zombies_reaped: u64,
     runtime_check: Option<status::RuntimeCheck>,
+    /// `--wait-for` / `--watch`.
+    discovery: Option<Discovery>,
+    /// An `--on-change exec:` came due while the previous one still ran: run it again when that one exits.
+    on_change_again: Option<discovery::Action>,
+    metrics: Option<crate::metrics::Metrics>,
+    /// `--ready fd:N`: N, and the read end of the current app's notification pipe until it said ready.
+    notify_fd: Option<i32>,
+    notify_pipe: Option<OwnedFd>,
 }
 
 impl EventLoop {
     pub fn new(cfg: Config, setup: Setup) -> std::io::Result<EventLoop> {
         let health = cfg.consul.as_ref().and_then(HealthSchedule::from_config);
+        let notify_fd = match cfg.consul.as_ref().map(|c| &c.readiness) {
+            Some(crate::config::Readiness::Notify(n)) => Some(*n),
+            _ => None,
+        };
         let consul = cfg.consul.clone();
         let registration = cfg
             .consul
@@ -118,6 +132,16 @@ impl EventLoop {
                 Registration::start(c)
             })
             .transpose()?;
+        let discovery = Discovery::start(cfg.discovery, Instant::now())?;
+        // Like the control socket: a metrics port that cannot be bound must not keep the app from running.
+        let metrics = cfg.metrics.as_deref().and_then(|addr| {
+            let consul = registration
+                .as_ref()
+                .map(|r| Box::new(r.status_reader()) as crate::metrics::ConsulStatus);
+            crate::metrics::Metrics::start(addr, consul)
+                .map_err(|e| log::error!("{e}; no metrics will be served"))
+                .ok()
+        });
         let deregister_bound = registration
             .as_ref()
             .map_or(Duration::ZERO, |r| r.deregister_bound() + DEREGISTER_MARGIN);
@@ -142,12 +166,26 @@ impl EventLoop {
             Dialect::DumbInit => "dumb-init",
         };
         let take_tty = cfg.supervisor.isolation != Isolation::None && spawn::stdin_is_tty();
-        let wait = setup
+        let runtime = setup
             .runtime_wait
             .as_ref()
             .map(|w| (Awaited::RuntimeVolume, w.cfg.wait.unwrap_or_default()));
+        // The upstreams are awaited after the runtime volume (their threads start at once either way).
+        let upstreams = discovery.as_ref().filter(|d| d.is_waiting()).map(|d| {
+            (
+                Awaited::Upstreams,
+                d.wait_timeout().unwrap_or(upstreams::FOREVER),
+            )
+        });
+        let (first_wait, second_wait) = match runtime {
+            Some(r) => (Some(r), upstreams),
+            None => (upstreams, None),
+        };
         // The lifecycle's first actions are performed by `run`; here it only takes its first phase.
-        let (lifecycle, first) = Lifecycle::start(policy, wait, Instant::now());
+        let (mut lifecycle, first) = Lifecycle::start(policy, first_wait, Instant::now());
+        if let Some((what, limit)) = second_wait {
+            lifecycle.then_wait(what, limit);
+        }
         Ok(EventLoop {
             mask: setup.mask,
             signals: setup.signals,
@@ -172,6 +210,11 @@ impl EventLoop {
             zombies_reaped: 0,
             first_actions: first,
             runtime_check: setup.runtime_check,
+            discovery,
+            on_change_again: None,
+            metrics,
+            notify_fd,
+            notify_pipe: None,
         })
     }
 
@@ -179,6 +222,7 @@ impl EventLoop {
     pub fn run(mut self) -> i32 {
         self.perform_all(self.first_actions);
         loop {
+            self.publish_metrics();
             // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans
             // reparented to us included), so an idle or forwarding wakeup costs no extra syscall.
             if std::mem::take(&mut self.reap_due) {
@@ -268,6 +312,7 @@ impl EventLoop {
                     eprint!("{}", w.waiter.report().missing_message(&w.cfg));
                 }
             }
+            Action::WaitFailed(Awaited::Upstreams) => self.upstreams_failed(),
             Action::Exit(code) => self.exit_code = Some(code),
         }
     }
@@ -305,6 +350,8 @@ impl EventLoop {
         // signal-forwarding path (scripts/bench.sh).
         if timeout == -1
             && self.registration.is_none()
+            && self.discovery.is_none()
+            && self.notify_pipe.is_none()
             && !health_running
             && exec_pipe.is_none()
             && runtime_watch.is_none()
@@ -337,6 +384,14 @@ impl EventLoop {
             watch(fd);
         }
         if let Some(fd) = runtime_watch {
+            watch(fd);
+        }
+        let discovery_fd = self.discovery.as_ref().map(|d| d.wake_fd().as_raw_fd());
+        if let Some(fd) = discovery_fd {
+            watch(fd);
+        }
+        let notify_fd = self.notify_pipe.as_ref().map(AsRawFd::as_raw_fd);
+        if let Some(fd) = notify_fd {
             watch(fd);
         }
         for owner in self.children.values() {
@@ -375,6 +430,12 @@ impl EventLoop {
         if runtime_watch.is_some_and(ready) {
             self.recheck_runtime();
         }
+        if discovery_fd.is_some_and(ready) {
+            self.on_discovery_wake();
+        }
+        if notify_fd.is_some_and(ready) {
+            self.on_notify_readable();
+        }
         self.read_health_output(&fds);
         self.serve_control(&fds);
     }
@@ -395,6 +456,7 @@ impl EventLoop {
             self.runtime_wait.as_ref().map(|w| w.waiter.next_check()),
             self.health_deadline(),
             self.control.as_ref().and_then(ControlServer::deadline),
+            self.discovery.as_ref().and_then(Discovery::deadline),
         ]
         .into_iter()
         .flatten()
@@ -416,6 +478,7 @@ impl EventLoop {
             c.expire(now);
         }
         self.health_timers(now);
+        self.discovery_timers(now);
     }
 
     // ---- the runtime volume --------------------------------------------------------------------------
@@ -434,6 +497,8 @@ impl EventLoop {
         let path_var = std::env::var_os("PATH");
         self.app_path = runtime_check::which::resolve(&self.cfg.command[0], path_var.as_deref());
         self.dispatch(Event::AwaitDone);
+        // Next in line: the upstreams, which may be up already.
+        self.upstreams_up();
     }
 
     /// For `microinit status`: what the lifecycle waits for and since when.
@@ -503,8 +568,9 @@ impl EventLoop {
         if self.is_pid1 {
             // kill(-1) from PID 1 reaches every process of the namespace but PID 1 itself.
             spawn::kill(-1, sig);
-        } else {
-            // As a subreaper, kill(-1) would reach the whole host: only what was reparented to us.
+        } else if spawn::has_children() {
+            // As a subreaper, kill(-1) would reach the whole host: only what was reparented to us. Reading
+            // every /proc/PID/stat of the host costs ~4 syscalls per process, so only when there is a child.
             for pid in spawn::children_of(std::process::id() as i32) {
                 spawn::kill(pid, sig);
             }
@@ -523,6 +589,7 @@ impl EventLoop {
                 return;
             }
         };
+        let notify = self.notify_pipe_for_spawn();
         let spec = SpawnSpec {
             path: &path,
             argv: &self.cfg.command,
@@ -535,6 +602,8 @@ impl EventLoop {
                 ChildSignals::Reset => OriginalMask::empty(),
             },
             default_dispositions: self.policy.child_signals == ChildSignals::Reset,
+            notify_fd: notify.as_ref().map(|(w, n)| (w.as_raw_fd(), *n)),
+            extra_env: &[],
         };
         match spawn::spawn(&spec) {
             Ok(started) => {

@@ -8,7 +8,8 @@
 //! command's schedule (`health`), or what a dialect means (`cli` turns it into the `Policy` data here).
 //!
 //! Which errors are still fatal, phase by phase (the rule is stated where the phase starts, below):
-//! - Waiting: the awaited thing not appearing by the deadline is fatal (127); a stop request exits 128+sig.
+//! - Waiting: the awaited thing not appearing by the deadline is fatal (127 for the runtime volume, 124 for
+//!   `--wait-for` upstreams); a stop request exits 128+sig.
 //! - PreStart: a failing or timed-out pre-start hook is fatal (the hook's status): the app never starts.
 //! - Spawning: an exec failure ends the app like an exit (126/127), and the restart policy applies.
 //! - Running, Stopping, Signalled, BackingOff: nothing is fatal any more but `--consul-required` (125); a
@@ -156,12 +157,23 @@ fn identity_rewrites() -> [u8; 65] {
 pub enum Awaited {
     /// The runtime volume (`--wait-runtime`): every link into it resolves.
     RuntimeVolume,
+    /// The `--wait-for` targets (`init::discovery`).
+    Upstreams,
 }
 
 impl Awaited {
     pub fn describe(self) -> &'static str {
         match self {
             Awaited::RuntimeVolume => "the runtime volume",
+            Awaited::Upstreams => "every upstream",
+        }
+    }
+
+    /// microinit's exit code when the wait runs out.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Awaited::RuntimeVolume => 127,
+            Awaited::Upstreams => crate::config::discovery::WAIT_TIMEOUT_EXIT,
         }
     }
 }
@@ -391,6 +403,8 @@ pub struct Lifecycle {
     registered: bool,
     /// False once the reaper said ECHILD, until something is spawned again.
     children_left: bool,
+    /// A second wait after the first one (the runtime volume, then the upstreams).
+    next_wait: Option<(Awaited, Duration)>,
 }
 
 impl Lifecycle {
@@ -409,6 +423,7 @@ impl Lifecycle {
             forced_exit: None,
             registered: false,
             children_left: false,
+            next_wait: None,
         };
         let mut out = Actions::new();
         match wait {
@@ -426,6 +441,16 @@ impl Lifecycle {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Wait for `what` too once the wait `start` began is over (each wait has its own time limit).
+    pub fn then_wait(&mut self, what: Awaited, limit: Duration) {
+        self.next_wait = Some((what, limit));
+    }
+
+    /// Restarts after a failure since the app last ran long enough to reset the backoff.
+    pub fn crash_restarts(&self) -> u32 {
+        self.backoff_step
     }
 
     pub fn restarts(&self) -> u32 {
@@ -509,7 +534,16 @@ impl Lifecycle {
                         what.describe(),
                         now.saturating_duration_since(since)
                     );
-                    self.begin_start(now, &mut out);
+                    match self.next_wait.take() {
+                        Some((what, limit)) => {
+                            self.phase = Phase::Waiting {
+                                what,
+                                since: now,
+                                deadline: now + limit,
+                            }
+                        }
+                        None => self.begin_start(now, &mut out),
+                    }
                 }
             }
             Event::Signal(sig) => self.on_signal(sig, now, &mut out),
@@ -1015,7 +1049,7 @@ impl Lifecycle {
         match self.phase {
             Phase::Waiting { what, .. } => {
                 out.push(Action::WaitFailed(what));
-                self.exit(127, out);
+                self.exit(what.exit_code(), out);
             }
             Phase::PreStart { .. } => {
                 self.phase = Phase::PreStart { deadline: None };

@@ -4,9 +4,11 @@
 //! Owns: everything that runs inside PID 1's single thread. Does not own: parsing options (`cli`,
 //! `config`), the runtime check (`runtime_check`), HTTP (`consul`), the socket protocol (`control`).
 
+pub mod discovery;
 pub mod event_loop;
 pub mod exit_status;
 pub mod lifecycle;
+pub mod probes;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;

@@ -15,6 +15,11 @@ use nix::errno::Errno;
 use crate::config::Isolation;
 use crate::init::signals::OriginalMask;
 
+extern "C" {
+    /// The C library's environment (what execv passes on).
+    static environ: *const *const libc::c_char;
+}
+
 /// One child to start.
 pub struct SpawnSpec<'a> {
     /// The resolved executable (see `which::resolve`).
@@ -30,6 +35,10 @@ pub struct SpawnSpec<'a> {
     pub mask: OriginalMask,
     /// Signals 1-31 back to their default action, inherited ignores included (dumb-init's child).
     pub default_dispositions: bool,
+    /// `--ready fd:N`: (the write end of the notification pipe, N): the child gets it as fd N.
+    pub notify_fd: Option<(RawFd, i32)>,
+    /// Variables added to (or replacing in) microinit's environment for this child; usually empty.
+    pub extra_env: &'a [(String, String)],
 }
 
 /// Why a child could not be started.
@@ -116,6 +125,34 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
         .collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    // With extra variables, the child's environment is built here (no setenv: other threads may read it).
+    let env: Vec<CString> = if spec.extra_env.is_empty() {
+        Vec::new()
+    } else {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                !spec
+                    .extra_env
+                    .iter()
+                    .any(|(x, _)| k.as_bytes() == x.as_bytes())
+            })
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .chain(
+                spec.extra_env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}").into_bytes()),
+            )
+            .map(|kv| cstr(&kv))
+            .collect::<Result<_, _>>()?
+    };
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: reading the process's environ pointer; it is only replaced by setenv, which nothing calls.
+    let envp_ptr = if env.is_empty() {
+        unsafe { environ }
+    } else {
+        envp.as_ptr()
+    };
     // execvp's fallback for a file without #! or ELF magic (ENOEXEC): run it with /bin/sh.
     let sh = c"/bin/sh";
     let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), path.as_ptr()];
@@ -140,6 +177,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
                 path.as_ptr(),
                 &argv,
                 &sh_argv,
+                envp_ptr,
             )
         }
     }
@@ -163,6 +201,7 @@ unsafe fn child(
     path: *const libc::c_char,
     argv: &[*const libc::c_char],
     sh_argv: &[*const libc::c_char],
+    envp: *const *const libc::c_char,
 ) -> ! {
     match spec.isolation {
         Isolation::Session => {
@@ -190,6 +229,14 @@ unsafe fn child(
         libc::dup2(fd, 1);
         libc::dup2(fd, 2);
     }
+    if let Some((fd, n)) = spec.notify_fd {
+        // dup2 gives fd N without close-on-exec; when the pipe already is fd N, clear the flag instead.
+        if fd == n {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        } else {
+            libc::dup2(fd, n);
+        }
+    }
     // Rust's runtime ignores SIGPIPE before main, and an ignored disposition survives exec: give the app
     // the default back, as std::process::Command does (handlers need nothing: exec resets them).
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -200,10 +247,10 @@ unsafe fn child(
     }
     // The app gets the mask microinit was started with, not our all-blocked one (which exec keeps).
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
-    libc::execv(path, argv.as_ptr());
+    libc::execve(path, argv.as_ptr(), envp);
     let mut errno = *libc::__errno_location();
     if errno == libc::ENOEXEC {
-        libc::execv(sh_argv[0], sh_argv.as_ptr());
+        libc::execve(sh_argv[0], sh_argv.as_ptr(), envp);
         errno = *libc::__errno_location();
     }
     let bytes = errno.to_ne_bytes();
@@ -238,6 +285,23 @@ pub fn kill(pid: i32, sig: i32) {
             Errno::last().desc()
         );
     }
+}
+
+/// Whether we have any child at all (running or a zombie, orphans reparented to us included). WNOWAIT: the
+/// status stays for the reaper, which alone collects it; ECHILD means none.
+pub fn has_children() -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid fills `info`, which outlives the call; no pointer is kept.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    !(r == -1 && Errno::last() == Errno::ECHILD)
 }
 
 /// Our direct children according to /proc (orphans reparented to us included).

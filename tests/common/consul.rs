@@ -462,6 +462,33 @@ impl DevAgent {
             .map(String::from)
     }
 
+    /// Register instance `id` of service `name` at 127.0.0.1:`port` with a TTL check `ID-ttl` in `status`.
+    pub fn register_instance(&self, name: &str, id: &str, port: u16, status: &str) {
+        let def = serde_json::json!({
+            "Name": name, "ID": id, "Address": "127.0.0.1", "Port": port,
+            "Check": {"CheckID": format!("{id}-ttl"), "TTL": "1h", "Status": status},
+        });
+        let (st, body) = self.request(
+            "PUT",
+            "/v1/agent/service/register",
+            None,
+            Some(&def.to_string()),
+        );
+        assert_eq!(st, 200, "register {id}: {body}");
+    }
+
+    /// Set the TTL check of an instance registered by `register_instance`.
+    pub fn set_instance_check(&self, id: &str, status: &str, output: &str) {
+        let body = serde_json::json!({"Status": status, "Output": output}).to_string();
+        let (st, answer) = self.request(
+            "PUT",
+            &format!("/v1/agent/check/update/{id}-ttl"),
+            None,
+            Some(&body),
+        );
+        assert_eq!(st, 200, "update {id}: {answer}");
+    }
+
     /// Instances of `name` that pass all their checks, according to the catalog (what clients see).
     pub fn passing_instances(&self, name: &str) -> usize {
         let (status, body) = self.get(&format!("/v1/health/service/{name}?passing"));

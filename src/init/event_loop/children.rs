@@ -28,6 +28,8 @@ pub(super) enum Owner {
         /// Read once the hook is reaped: an exec failure of /bin/sh is reported as such.
         exec_pipe: OwnedFd,
     },
+    /// An `--on-change exec:` program.
+    OnChange,
 }
 
 impl EventLoop {
@@ -49,7 +51,7 @@ impl EventLoop {
                     let end = match spawn::exec_outcome(&exec_pipe) {
                         ExecOutcome::Failed(errno) => {
                             eprintln!(
-                                "microinit: {} hook failed: could not start: cannot execute /bin/sh: {}",
+                                "microinit: {} hook failed: could not start: cannot execute its program: {}",
                                 hook.name(),
                                 errno.desc()
                             );
@@ -59,6 +61,7 @@ impl EventLoop {
                     };
                     self.dispatch(Event::HookExited { hook, end });
                 }
+                Some(Owner::OnChange) => self.on_change_exited(status),
                 None => {
                     self.zombies_reaped += 1;
                     if self.cfg.warn_on_reap {

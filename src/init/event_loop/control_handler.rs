@@ -102,6 +102,8 @@ impl EventLoop {
             zombies_reaped: self.zombies_reaped,
             runtime_check: self.runtime_check.clone(),
             consul: self.registration.as_ref().and_then(|r| r.status()),
+            discovery: self.discovery.as_ref().map(|d| d.status(Instant::now())),
+            health: Some(crate::control::health::to_status(self.health_verdict())),
         }
     }
 

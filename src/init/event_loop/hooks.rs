@@ -4,7 +4,6 @@
 //! Owns: starting a `sh -c` child in its own process group and killing a hook's group when the lifecycle
 //! says its time is up. Does not own: when a hook runs or what its failure means (`lifecycle`).
 
-use std::ffi::OsString;
 use std::os::fd::RawFd;
 
 use super::{children::Owner, EventLoop};
@@ -13,15 +12,30 @@ use crate::init::lifecycle::{Event, Hook, HookEnd};
 use crate::init::spawn::{self, SpawnSpec, Started};
 
 impl EventLoop {
-    /// `sh -c CMD` in its own process group (a timeout kills the command and whatever it started).
+    /// A hook or the health command in its own process group (a timeout kills it and whatever it started):
+    /// a JSON array of strings (`["/bin/check","--fast"]`) is run as that argv, with no shell (a `FROM
+    /// scratch` image has none); anything else as `sh -c CMD`.
     pub(super) fn shell_spawn(
         &self,
         cmd: &str,
         output: Option<RawFd>,
     ) -> Result<Started, spawn::SpawnError> {
-        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
+        let (path, argv) = match crate::config::discovery::json_argv(cmd) {
+            Some(argv) => {
+                let path = crate::runtime_check::which::resolve(
+                    &argv[0],
+                    std::env::var_os("PATH").as_deref(),
+                )
+                .unwrap_or_else(|_| std::path::PathBuf::from(&argv[0]));
+                (path, argv)
+            }
+            None => (
+                std::path::PathBuf::from("/bin/sh"),
+                vec!["sh".into(), "-c".into(), cmd.into()],
+            ),
+        };
         spawn::spawn(&SpawnSpec {
-            path: std::path::Path::new("/bin/sh"),
+            path: &path,
             argv: &argv,
             isolation: Isolation::ProcessGroup,
             take_tty: false,
@@ -29,6 +43,8 @@ impl EventLoop {
             output,
             mask: self.mask,
             default_dispositions: false,
+            notify_fd: None,
+            extra_env: &[],
         })
     }
 

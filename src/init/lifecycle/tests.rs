@@ -861,6 +861,51 @@ fn a_wait_that_runs_out_reports_what_is_missing_and_exits_127() {
     );
 }
 
+#[test]
+fn the_upstreams_are_awaited_after_the_runtime_with_their_own_limit_and_exit_124() {
+    let c = Clock::new();
+    let mut l = waiting(&c);
+    l.then_wait(Awaited::Upstreams, Duration::from_secs(5));
+    assert_eq!(
+        acts(l.on(Event::AwaitDone, c.ms(700))),
+        [],
+        "not started yet"
+    );
+    assert!(matches!(
+        l.phase(),
+        Phase::Waiting {
+            what: Awaited::Upstreams,
+            ..
+        }
+    ));
+    assert_eq!(l.next_deadline(), Some(c.ms(5_700)));
+    assert_eq!(
+        acts(l.on(Event::Tick, c.ms(5_700))),
+        [Action::WaitFailed(Awaited::Upstreams), Action::Exit(124)]
+    );
+}
+
+#[test]
+fn the_upstreams_being_up_starts_the_app_and_a_stop_before_exits_128_plus_signal() {
+    let c = Clock::new();
+    let (mut l, a) = Lifecycle::start(
+        policy(),
+        Some((Awaited::Upstreams, Duration::from_secs(60))),
+        c.ms(0),
+    );
+    assert_eq!(acts(a), []);
+    assert_eq!(acts(l.on(Event::AwaitDone, c.ms(10))), [Action::Spawn]);
+    let (mut l, _) = Lifecycle::start(
+        policy(),
+        Some((Awaited::Upstreams, Duration::from_secs(60))),
+        c.ms(0),
+    );
+    assert_eq!(
+        acts(l.on(Event::Signal(SIGINT), c.ms(10))),
+        [Action::Exit(130)]
+    );
+}
+
 // ---- Consul required ---------------------------------------------------------------------------------
 
 #[test]
