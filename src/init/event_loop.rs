@@ -436,12 +436,7 @@ impl EventLoop {
         if notify_fd.is_some_and(ready) {
             self.on_notify_readable();
         }
-        let health_ready: Vec<RawFd> = fds
-            .iter()
-            .filter(|p| p.revents != 0)
-            .map(|p| p.fd)
-            .collect();
-        self.read_health_output(&health_ready);
+        self.read_health_output(&fds);
         self.serve_control(&fds);
     }
 

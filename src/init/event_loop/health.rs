@@ -86,10 +86,12 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn read_health_output(&mut self, ready: &[RawFd]) {
+    /// Read the health command's output when poll said it is readable (`polled`: the poll set).
+    pub(super) fn read_health_output(&mut self, polled: &[libc::pollfd]) {
         for owner in self.children.values_mut() {
             if let Owner::Health { output, buf, .. } = owner {
-                if ready.contains(&output.as_raw_fd()) {
+                let fd = output.as_raw_fd();
+                if polled.iter().any(|p| p.fd == fd && p.revents != 0) {
                     read_capped(output.as_raw_fd(), buf);
                 }
             }
