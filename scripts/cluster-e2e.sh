@@ -37,7 +37,8 @@ esac
 n=${CLUSTER_INSTANCES:-200}
 burst=${CLUSTER_BURST:-300}
 small=20 # instances on hosts 2 and 3
-p=registration-cl
+# Unique per run: a network Docker fails to remove (a stale endpoint) must not break the next run.
+p=registration-cl-$$
 label="registration-cluster=$$"
 svc=$p-app
 failures=0
