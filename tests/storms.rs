@@ -169,10 +169,14 @@ fn sigterm_reaches_the_app_within_10x_the_quiet_latency_under_socket_churn_and_a
     eprintln!(
         "SIGTERM → app, median of {SAMPLES}: quiet {quiet:?}, connect/close churn {churn:?}, 10 000 signals/s {storm:?}"
     );
+    // 10× the quiet median, but never below 5 ms: on 2 cores the storm's sender and the app's own handling of
+    // 10 000 signals/s hold the CPUs, so even a quiet machine measured 0.9 ms against a 87 µs quiet median.
+    // The failure this guards against was seconds (5.8-16.8 s under churn, 8.4 s behind queued signals).
+    let bound = (quiet * 10).max(Duration::from_millis(5));
     for (what, d) in [("socket churn", churn), ("a signal storm", storm)] {
         assert!(
-            d <= quiet * 10,
-            "SIGTERM took {d:?} to reach the app under {what}, over 10× the quiet {quiet:?}"
+            d <= bound,
+            "SIGTERM took {d:?} to reach the app under {what}, over {bound:?} (10× the quiet {quiet:?}, at least 5 ms)"
         );
     }
 }
