@@ -6,13 +6,16 @@
 #   PREFIX/filebox     the runtime volume with node and the libraries it needs (scripts/filebox.sh)
 #   PREFIX/node-hello  the example app: app.js + symlinks into the volume, FROM PREFIX/base
 #   PREFIX/consul      a Consul agent (examples/consul/Dockerfile)
+#   with NGINX=1 also:
+#   PREFIX/nginx-filebox  the runtime volume with Debian's nginx (/usr/sbin/nginx) and its libraries
+#   PREFIX/nginx-front    examples/nginx-front: nginx proxying to a watched service's instances, FROM PREFIX/base
 #
 #   scripts/build-images.sh            (prints `image NAME BYTES` for each image on stdout)
 #   STAGE_ONLY=1 scripts/build-images.sh   only build microinit and stage the contexts in BUILD_DIR (base/,
 #                                          filebox/, node-hello/): no Docker needed (scripts/demo.sh uses this)
 # Env: IMAGE_PREFIX (default microinit), IMAGE_TAG (default latest), BUILD_DIR (staging, default <repo>/.build),
 #      MICROINIT_BIN / MICROINIT_HTTPS_BIN (already built binaries; default: scripts/build.sh builds them),
-#      NODE_BIN (default: node in PATH), CONSUL_BIN (default: what scripts/install-consul.sh installs),
+#      NODE_BIN (default: node in PATH), NGINX_BIN (default: nginx in PATH or /usr/sbin), CONSUL_BIN (default: what scripts/install-consul.sh installs),
 #      MICROINIT_CACHE (download cache, default <repo>/.cache).
 # Needs: docker, cargo + rustup, apt-get + dpkg (busybox-static is downloaded, not installed), jq.
 set -euo pipefail
@@ -97,6 +100,16 @@ cp -a "$build/filebox/links" "$build/node-hello/links"
 docker_build "$prefix/node-hello:$tag" "$build/node-hello" --build-arg "BASE=$prefix/base:$tag"
 
 [ -z "$stage_only" ] || exit 0
+if [ -n "${NGINX:-}" ]; then
+    step "building the nginx front: its runtime volume (nginx-filebox) and image"
+    nginx=$(PATH=$PATH:/usr/sbin command -v "${NGINX_BIN:-nginx}") || die "nginx not found (apt-get install nginx)"
+    "$repo/scripts/filebox.sh" --microinit "$microinit" --bin-dir /usr/sbin "$build/nginx-filebox" "$nginx" >&2
+    docker_build "$prefix/nginx-filebox:$tag" "$build/nginx-filebox"
+    rm -rf "$build/nginx-front"
+    cp -a "$repo/examples/nginx-front" "$build/nginx-front"
+    cp -a "$build/nginx-filebox/links" "$build/nginx-front/links"
+    docker_build "$prefix/nginx-front:$tag" "$build/nginx-front" --build-arg "BASE=$prefix/base:$tag"
+fi
 step "building the consul image"
 consul=${CONSUL_BIN:-$("$repo/scripts/install-consul.sh" | tail -n1)}
 [ -x "$consul" ] || die "consul binary $consul not executable"

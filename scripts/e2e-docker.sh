@@ -12,8 +12,15 @@
 # reaches the app; that `docker stop` deregisters before the app sees SIGTERM, exits 0 (the app exits 0 on SIGTERM)
 # well under Docker's 10 s, and that an app killed by SIGTERM gives 143; and that the app image without the volume
 # exits 127 naming /opt/files and --volumes-from. Prints `image-size NAME BYTES` per image.
+# nginx front (service discovery): a second host (client agent on its own network); examples/nginx-front (Debian's
+# nginx from its own runtime volume, microinit as PID 1 watching the service with `--on-change signal:HUP` and a
+# `server {address}:{port};` watch file) proxies to node-hello instances started and stopped on both hosts: curl
+# through nginx reaches every new instance (time from `docker run` printed as a `figure` line), every answer comes
+# from a running instance, nginx's include lists exactly the running ones, none gives 502 (its `down` line); an
+# instance crash-looping is dropped and Docker's HEALTHCHECK (`microinit health`) turns unhealthy, then healthy.
 # Everything it creates carries a unique run id and is removed on exit, pass or fail.
-# Needs: docker, curl, jq, node (also boxed into the filebox), and what scripts/build-images.sh needs.
+# Needs: docker, curl, jq, node (also boxed into the filebox), nginx (boxed into its own), and what
+# scripts/build-images.sh needs.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,18 +52,20 @@ build=$(mktemp -d "${TMPDIR:-/tmp}/$run.XXXXXX")
 prefix=microinit-$run
 base=$prefix/base:e2e filebox=$prefix/filebox:e2e app=$prefix/node-hello:e2e consul=$prefix/consul:e2e
 base_https=$prefix/base-https:e2e
+nginx_box=$prefix/nginx-filebox:e2e front=$prefix/nginx-front:e2e
+h2=$run-h2 # the second host's network
 
 cleanup() {
     remove_labelled "$label"
-    docker network rm "$net" >/dev/null 2>&1
-    docker rmi "$app" "$base" "$base_https" "$filebox" "$consul" >/dev/null 2>&1
+    docker network rm "$net" "$h2" >/dev/null 2>&1
+    docker rmi "$app" "$front" "$nginx_box" "$base" "$base_https" "$filebox" "$consul" >/dev/null 2>&1
     rm -rf "$build"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "run id $run: building images"
-IMAGE_PREFIX=$prefix IMAGE_TAG=e2e BUILD_DIR=$build "$repo/scripts/build-images.sh" >"$build/images.txt" \
+NGINX=1 IMAGE_PREFIX=$prefix IMAGE_TAG=e2e BUILD_DIR=$build "$repo/scripts/build-images.sh" >"$build/images.txt" \
     || die "scripts/build-images.sh failed"
 size() { docker image inspect -f '{{.Size}}' "$1"; }
 echo "image-size base $(size "$base")"
@@ -64,6 +73,8 @@ echo "image-size base-https $(size "$base_https")"
 echo "image-size app $(size "$app")"
 echo "image-size filebox $(size "$filebox")"
 echo "image-size consul $(size "$consul")"
+echo "image-size nginx-front $(size "$front")"
+echo "image-size nginx-filebox $(size "$nginx_box")"
 # The seeds' app image was 5.774 MB (Docker's MB: 10^6 bytes).
 if [ "$(size "$app")" -lt 5774000 ]; then pass "app image below 5.774 MB"; else fail "app image not below 5.774 MB"; fi
 if [ "$(size "$base")" -lt 2000000 ]; then
@@ -246,6 +257,144 @@ if [ "$code" = 2 ] && grep -q "plain build, without TLS" <<<"$out"; then
 else
     fail "plain base image with an https:// agent: exit $code, output: $out"
 fi
+
+# --- nginx front: service discovery across two hosts -----------------------------------------------------------
+# Host 1 is $net with $run-agent; host 2 is network $h2 with its own client agent (joined over $net, as the
+# servers' network). The front lives on host 1 and is attached to both networks (it must reach both hosts' apps).
+say "nginx front: a second host ($h2, agent $run-agent2) and examples/nginx-front watching web-$run"
+web=web-$run
+front_started=$SECONDS
+docker network create --label "$label" "$h2" >/dev/null || die "docker network create $h2 failed"
+# eth0 is $net (the network it starts on): bound there before $h2 makes its address ambiguous.
+run_bg --name "$run-agent2" "$consul" agent -data-dir /tmp/consul -client 0.0.0.0 \
+    -bind '{{ GetInterfaceIP "eth0" }}' -node "agent2-$run" -retry-join "$server_ip"
+docker network connect "$h2" "$run-agent2" || die "docker network connect $h2 $run-agent2 failed"
+joined2() { curl -fsS -m 2 "http://$server_ip:8500/v1/catalog/nodes" | grep -q "agent2-$run"; }
+poll 30 joined2 || die "second client agent did not join: $(docker logs "$run-agent2" 2>&1 | tail -5)"
+docker create --label "$label" --name "$run-nginxbox" "$nginx_box" >/dev/null || die "docker create nginx-filebox failed"
+# The image's HEALTHCHECK (`microinit health`), checked every second here instead of every 5 s.
+docker create --label "$label" --name "$run-front" --network "$net" --volumes-from "$run-nginxbox:ro" \
+    --health-interval 1s -e "CONSUL_HTTP_ADDR=$run-agent:8500" -e "MICROINIT_WATCH=$web" "$front" >/dev/null \
+    || die "docker create $front failed"
+docker network connect "$h2" "$run-front" || die "docker network connect $h2 $run-front failed"
+docker start "$run-front" >/dev/null || die "docker start $run-front failed"
+front_ip=$(ip_of "$run-front")
+code_of_front() { curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://$front_ip/"; }
+is_502() { [ "$(code_of_front)" = 502 ]; }
+if poll 30 is_502; then
+    pass "nginx front up with no instance: 502 (the watch file's \`down\` line keeps the upstream valid)"
+else
+    fail "nginx front with no instance: HTTP $(code_of_front 2>&1); logs: $(logs "$run-front" | tail -5)"
+fi
+state_of() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
+health_is() { [ "$(state_of "$1")" = "$2" ]; }
+# await_health CONTAINER STATE WHAT: Docker's health status of CONTAINER becomes STATE (healthy, unhealthy).
+await_health() {
+    if poll 60 health_is "$1" "$2"; then
+        pass "$3: $2"
+    else
+        fail "$3: $(state_of "$1"), not $2; microinit health: $(docker exec "$1" microinit health 2>&1)"
+    fi
+}
+await_health "$run-front" healthy "nginx front, the image's HEALTHCHECK (microinit health)"
+
+declare -A running=() # instance (hostname) -> its address, for every app container that should answer
+# The id in an answer: "hello from w1 (pid 7)" -> w1; empty when the request failed.
+answer() { curl -fsS -m 5 "http://$front_ip/" | sed -n 's/^hello from \([^ ]*\) .*/\1/p'; }
+reaches() { [ "$(answer)" = "$1" ]; }
+# Every line of nginx's include: exactly one `server IP:8080;` per running instance.
+upstreams() { docker exec "$run-front" cat /run/upstreams.conf; }
+expected_upstreams() { for i in "${!running[@]}"; do echo "server ${running[$i]}:8080;"; done | sort; }
+include_current() { [ "$(upstreams | sort)" = "$(expected_upstreams)" ]; }
+await_include() { if poll 15 include_current; then pass "$1"; else fail "$1: include is $(upstreams | tr '\n' ' ')"; fi; }
+# check_answers N: N requests through nginx, each answered (200) by a running instance, and every running one
+# seen (nginx's round robin over its upstream).
+check_answers() {
+    local n=$1 id k bad=() seen=()
+    for k in $(seq "$n"); do
+        id=$(answer)
+        if [ -z "$id" ] || [ -z "${running[$id]:-}" ]; then bad+=("${id:-(failed)}"); else seen+=("$id"); fi
+    done
+    local distinct
+    distinct=$(printf '%s\n' "${seen[@]}" | sort -u | grep -c .)
+    if [ "${#bad[@]}" = 0 ] && [ "$distinct" = "${#running[@]}" ]; then
+        pass "$n requests through nginx: all answered by running instances (${!running[*]}), each of them seen"
+    else
+        fail "$n requests through nginx: ${#bad[@]} bad answers (${bad[*]:0:5}), $distinct of ${#running[@]} instances seen"
+    fi
+}
+reach_ms=()
+# start_web NAME HOST-NUMBER [docker run args...]: a node-hello instance on host 1 or 2; waits until nginx
+# sends requests to it.
+start_web() {
+    local name=$1 h=$2 t0 ip
+    shift 2
+    local netw=$net agent=$run-agent
+    [ "$h" = 2 ] && netw=$h2 agent=$run-agent2
+    t0=$(now_ms)
+    docker run -d --label "$label" --name "$run-$name" --hostname "$name" --network "$netw" \
+        --volumes-from "$run-filebox:ro" -e "CONSUL_HTTP_ADDR=$agent:8500" -e "MICROINIT_SERVICE_NAME=$web" \
+        "$@" "$app" "${cmd[@]}" >/dev/null || die "docker run $name failed"
+    if poll 30 reaches "$name"; then
+        reach_ms+=($(($(now_ms) - t0)))
+        pass "curl through nginx reaches $name (host $h) ${reach_ms[-1]} ms after docker run"
+    else
+        fail "nginx never sent a request to $name (host $h): include $(upstreams | tr '\n' ' ')"
+    fi
+    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$netw\").IPAddress}}" "$run-$name")
+    running[$name]=$ip
+}
+stop_web() {
+    docker stop -t 10 "$run-$1" >/dev/null
+    unset "running[$1]"
+    await_include "$1 stopped: gone from nginx's include"
+}
+
+# w1 can be made to crash-loop: while /tmp/down exists its command fails at once (microinit restarts it with
+# backoff); Docker asks `microinit health` every second.
+cmd=(sh -c '[ -e /tmp/down ] && exit 1; exec node /app/app.js')
+start_web w1 1 -e MICROINIT_RESTART=on-failure --health-cmd 'microinit health' --health-interval 1s \
+    --health-retries 1
+cmd=()
+check_answers 10
+start_web w2 2
+check_answers 20
+start_web w3 1
+check_answers 30
+await_include "nginx's include lists exactly the 3 running instances"
+stop_web w2
+check_answers 30
+start_web w4 2
+check_answers 30
+
+say "crash loop: w1's app fails until /tmp/down is removed"
+await_health "$run-w1" healthy "w1 before the crash loop (docker run --health-cmd 'microinit health')"
+docker exec "$run-w1" sh -c 'touch /tmp/down && kill -KILL "$(pidof node)"'
+w1_ip=${running[w1]}
+unset "running[w1]"
+await_health "$run-w1" unhealthy "w1 while its app crash-loops"
+await_include "crash-looping w1 dropped from nginx's include"
+check_answers 20
+docker exec "$run-w1" rm /tmp/down
+running[w1]=$w1_ip
+# Healthy again once the app has run 10 s after its last crash (microinit's crash-loop rule) and is passing.
+await_health "$run-w1" healthy "w1 after the crash loop"
+await_include "w1 back in nginx's include"
+check_answers 30
+
+for w in w1 w3 w4; do docker stop -t 10 "$run-$w" >/dev/null & done
+wait
+running=()
+if poll 10 is_502; then
+    pass "every instance stopped: nginx answers 502 again, include is \`$(upstreams)\`"
+else
+    fail "after stopping every instance: HTTP $(code_of_front), include $(upstreams | tr '\n' ' ')"
+fi
+say "nginx front's microinit: $(docker exec "$run-front" microinit status --json |
+    jq -c '{watch_changes: .discovery.changes, signals_forwarded}')"
+figure_median=$(printf '%s\n' "${reach_ms[@]}" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
+echo "figure docker_run_to_reached_through_nginx_ms median $figure_median of ${#reach_ms[@]}: ${reach_ms[*]}"
+say "nginx front part took $((SECONDS - front_started)) s"
 
 say "took $((SECONDS - started)) s"
 if [ "$failures" -gt 0 ]; then

@@ -14,7 +14,9 @@ step "packages (apt)"
 # busybox-static, g++, musl-tools, nodejs: runtime-check fixtures and images; curl, jq: e2e and demo;
 # util-linux: unshare/nsenter/setpriv/setsid; procps: ps in tests' debugging output.
 # tini, dumb-init: the genuine tools tests/dialects.rs compares microinit's drop-in modes with.
-pkgs=(busybox-static g++ musl-tools nodejs curl jq util-linux procps ca-certificates tini dumb-init)
+# nginx: its binary and libraries are boxed into the nginx front's runtime volume by the e2e test (the host's
+# nginx service is not used; on a machine with an init system the package's postinst may start it).
+pkgs=(busybox-static g++ musl-tools nodejs curl jq util-linux procps ca-certificates tini dumb-init nginx)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

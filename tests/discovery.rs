@@ -338,6 +338,46 @@ fn on_change_exec_runs_a_program_without_a_shell_and_the_watch_file_is_replaced(
 }
 
 #[test]
+fn an_nginx_include_from_the_line_template_and_its_env_twins() {
+    let agent = DevAgent::start();
+    let dir = tempdir("disc-nginx");
+    let conf = dir.join("upstreams.conf");
+    let app = App::start(
+        &[
+            "--watch",
+            "web",
+            "--on-change",
+            "signal:HUP",
+            "--watch-file",
+            conf.to_str().unwrap(),
+            "--consul-addr",
+            &agent.addr(),
+        ],
+        &[
+            ("MICROINIT_WATCH_FILE_LINE", "server {address}:{port};"),
+            ("MICROINIT_WATCH_FILE_EMPTY", "server 127.0.0.1:9 down;"),
+        ],
+    );
+    // No instance yet: the app starts with a file nginx accepts (an upstream needs a server).
+    wait_ready(&app.rec);
+    let read = || std::fs::read_to_string(&conf).unwrap_or_default();
+    assert_eq!(read(), "server 127.0.0.1:9 down;\n");
+    agent.register_instance("web", "web-1", 8001, "passing");
+    app.await_hups(1, "the first instance");
+    assert_eq!(read(), "server 127.0.0.1:8001;\n");
+    // An instance registered with an address that would end the directive and add one is left out.
+    let (st, _) = agent.request(
+        "PUT",
+        "/v1/agent/service/register",
+        None,
+        Some(r#"{"ID":"evil","Name":"web","Address":"10.0.0.9; }\nserver 6.6.6.6","Port":80}"#),
+    );
+    assert_eq!(st, 200);
+    app.await_hups(2, "the second instance");
+    assert_eq!(read(), "server 127.0.0.1:8001;\n");
+}
+
+#[test]
 fn health_is_1_during_a_crash_loop_and_its_backoff() {
     let dir = tempdir("disc-crash");
     let sock = dir.join("ctl.sock");

@@ -62,6 +62,8 @@ pub const MICROINIT: &[Spec] = &[
     spec("watch", None, "MICROINIT_WATCH", Repeat, "NAME", "Watch a Consul service's passing instances (NAME[@TAG][?dc=DC]) or a KV key (kv:KEY) while the app runs. Repeatable; env: blank-separated list.", General),
     spec("on-change", None, "MICROINIT_ON_CHANGE", Value, "ACTION", "On a watched change: signal:SIG (to the app) or exec:PROGRAM ARG… (no shell; or exec:[\"PROGRAM\",\"ARG\"]); the list is in MICROINIT_WATCH_<NAME>.", General),
     spec("watch-file", None, "MICROINIT_WATCH_FILE", Value, "PATH", "Write the watched instances to PATH on each change (write + rename): host:port lines, or JSON if PATH ends in .json.", General),
+    spec("watch-file-line", None, "MICROINIT_WATCH_FILE_LINE", Value, "TEMPLATE", "Line written per instance in a --watch-file (default {address}:{port}; also {id}, {node}), e.g. 'server {address}:{port};' for an nginx upstream. Instances whose named values are not plain text (letters, digits, . - _ :) are left out.", General),
+    spec("watch-file-empty", None, "MICROINIT_WATCH_FILE_EMPTY", Value, "LINE", "Written to the --watch-file instead when no instance passes (nginx refuses an empty upstream), e.g. 'server 127.0.0.1:9 down;'.", General),
     spec("watch-debounce", None, "MICROINIT_WATCH_DEBOUNCE", Value, "DURATION", "Act on a change only after it has been quiet this long (default 50ms).", General),
     spec("metrics", None, "MICROINIT_METRICS", Value, "ADDR:PORT", "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default: nothing listens unless asked).", General),
     spec("consul-addr", None, "CONSUL_HTTP_ADDR", Value, "ADDR", "Consul agent: host:port, http://…, https://… (optionally with a path prefix) or unix:///path (default 127.0.0.1:8500).", Consul),

@@ -1,5 +1,6 @@
 //! Service discovery options: what the app waits for before it starts (`--wait-for`), what it watches while
-//! it runs (`--watch`), and what happens on a change (`--on-change`, `--watch-file`).
+//! it runs (`--watch`), and what happens on a change (`--on-change`, `--watch-file` and the template of its
+//! lines, `--watch-file-line`).
 //!
 //! Owns: the typed shape of those options and their parsing from `Options` (pure: no syscall, no file read,
 //! no name resolution; an address is resolved when it is probed). Does not own: the Consul agent's address
@@ -99,12 +100,63 @@ pub enum OnChange {
 }
 
 /// Format of `--watch-file`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchFileFormat {
-    /// One `host:port` per line (the file name does not end in `.json`).
-    Lines,
+    /// The file name does not end in `.json`: one `line` per passing instance (`--watch-file-line`, default
+    /// `{address}:{port}`), `empty` instead when no instance line is written (`--watch-file-empty`), and a
+    /// KV value as it is.
+    Lines {
+        line: LineTemplate,
+        empty: Option<String>,
+    },
     /// `{"LABEL": [{"id","node","address","port"}…], "kv:KEY": "value"|null}` (the name ends in `.json`).
     Json,
+}
+
+/// A `--watch-file-line` template: text and `{address}`, `{port}`, `{id}`, `{node}` placeholders, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineTemplate(pub Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Field(Field),
+}
+
+/// An instance's value a line template can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Address,
+    Port,
+    Id,
+    Node,
+}
+
+impl Field {
+    const ALL: [(&'static str, Field); 4] = [
+        ("address", Field::Address),
+        ("port", Field::Port),
+        ("id", Field::Id),
+        ("node", Field::Node),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Field::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("", |(n, _)| n)
+    }
+}
+
+impl Default for LineTemplate {
+    /// `{address}:{port}`, the plain line format.
+    fn default() -> LineTemplate {
+        LineTemplate(vec![
+            Piece::Field(Field::Address),
+            Piece::Text(":".into()),
+            Piece::Field(Field::Port),
+        ])
+    }
 }
 
 /// Every discovery option; `Default` is "none of it".
@@ -160,14 +212,7 @@ impl DiscoveryConfig {
             .get("MICROINIT_ON_CHANGE")
             .map(|v| parse_on_change(v, &parse_signal).map_err(|e| format!("--on-change {v}: {e}")))
             .transpose()?;
-        let watch_file = opts.get("MICROINIT_WATCH_FILE").map(|p| {
-            let format = if p.ends_with(".json") {
-                WatchFileFormat::Json
-            } else {
-                WatchFileFormat::Lines
-            };
-            (PathBuf::from(p), format)
-        });
+        let watch_file = watch_file(opts)?;
         if watches.is_empty() && (on_change.is_some() || watch_file.is_some()) {
             return Err("--on-change and --watch-file need at least one --watch NAME".into());
         }
@@ -193,6 +238,78 @@ impl DiscoveryConfig {
         }
         Ok(cfg)
     }
+}
+
+/// `--watch-file PATH` with its format: JSON for a `.json` name, else lines shaped by `--watch-file-line` and
+/// `--watch-file-empty` (which make no sense without a line file).
+fn watch_file(opts: &Options) -> Result<Option<(PathBuf, WatchFileFormat)>, String> {
+    let line = opts
+        .get("MICROINIT_WATCH_FILE_LINE")
+        .map(|t| parse_line_template(t).map_err(|e| format!("--watch-file-line {t}: {e}")))
+        .transpose()?;
+    let empty = opts.get("MICROINIT_WATCH_FILE_EMPTY").map(String::from);
+    let shaped = line.is_some() || empty.is_some();
+    match opts.get("MICROINIT_WATCH_FILE") {
+        None if shaped => {
+            Err("--watch-file-line and --watch-file-empty need --watch-file PATH".into())
+        }
+        None => Ok(None),
+        Some(p) if p.ends_with(".json") && shaped => Err(format!(
+            "--watch-file {p} is written as JSON (its name ends in .json); \
+             --watch-file-line and --watch-file-empty shape a line file"
+        )),
+        Some(p) if p.ends_with(".json") => Ok(Some((PathBuf::from(p), WatchFileFormat::Json))),
+        Some(p) => Ok(Some((
+            PathBuf::from(p),
+            WatchFileFormat::Lines {
+                line: line.unwrap_or_default(),
+                empty,
+            },
+        ))),
+    }
+}
+
+/// `server {address}:{port};`: text with placeholders in braces; at least one, each one known.
+pub fn parse_line_template(s: &str) -> Result<LineTemplate, String> {
+    let known = || {
+        Field::ALL
+            .iter()
+            .map(|(n, _)| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut pieces = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let brace = rest.find(['{', '}']).unwrap_or(rest.len());
+        if brace > 0 {
+            pieces.push(Piece::Text(rest[..brace].into()));
+        }
+        rest = &rest[brace..];
+        let Some(inner) = rest.strip_prefix('{') else {
+            if rest.is_empty() {
+                break;
+            }
+            return Err(format!(
+                "a '}}' without its '{{'; placeholders: {}",
+                known()
+            ));
+        };
+        let (name, after) = inner
+            .split_once('}')
+            .ok_or_else(|| format!("a '{{' without its '}}'; placeholders: {}", known()))?;
+        let field = Field::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| format!("unknown placeholder {{{name}}}; use {}", known()))?;
+        pieces.push(Piece::Field(field));
+        rest = after;
+    }
+    if !pieces.iter().any(|p| matches!(p, Piece::Field(_))) {
+        return Err(format!("names no instance value; use {}", known()));
+    }
+    Ok(LineTemplate(pieces))
 }
 
 /// Values of a repeatable option: every flag value, and in the env twin whitespace separates them (a URL
@@ -501,6 +618,73 @@ mod tests {
         assert_eq!(c.watches[1].label(), "kv:config/app");
         assert!(c.agent.is_some());
         assert_eq!(c.debounce, DEFAULT_DEBOUNCE);
+    }
+
+    #[test]
+    fn line_templates_name_known_placeholders() {
+        let t = parse_line_template("server {address}:{port};").expect("nginx");
+        assert_eq!(
+            t.0,
+            [
+                Piece::Text("server ".into()),
+                Piece::Field(Field::Address),
+                Piece::Text(":".into()),
+                Piece::Field(Field::Port),
+                Piece::Text(";".into()),
+            ]
+        );
+        assert_eq!(
+            parse_line_template("{address}:{port}"),
+            Ok(LineTemplate::default())
+        );
+        assert!(parse_line_template("{id}{node}").is_ok());
+        for (s, hint) in [
+            ("server {host}:{port};", "unknown placeholder {host}"),
+            ("server {address", "without its '}'"),
+            ("server }{address}", "without its '{'"),
+            ("server 10.0.0.1:80;", "names no instance value"),
+            ("", "names no instance value"),
+        ] {
+            let e = parse_line_template(s).expect_err(s);
+            assert!(
+                e.contains(hint) && e.contains("{address}, {port}, {id}, {node}"),
+                "{s}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_line_options_shape_a_line_file_only() {
+        let o = opts(&[
+            ("MICROINIT_WATCH", &["web"]),
+            ("MICROINIT_WATCH_FILE", &["/run/upstreams.conf"]),
+            ("MICROINIT_WATCH_FILE_LINE", &["server {address}:{port};"]),
+            ("MICROINIT_WATCH_FILE_EMPTY", &["server 127.0.0.1:9 down;"]),
+        ]);
+        let c = DiscoveryConfig::from_options(&o, agent, sig).expect("valid");
+        let Some((_, WatchFileFormat::Lines { line, empty })) = c.watch_file else {
+            panic!("not a line file: {:?}", c.watch_file);
+        };
+        assert_eq!(line.0.len(), 5);
+        assert_eq!(empty.as_deref(), Some("server 127.0.0.1:9 down;"));
+        for (file, key, value) in [
+            ("/run/u.json", "MICROINIT_WATCH_FILE_LINE", "{address}"),
+            ("/run/u.json", "MICROINIT_WATCH_FILE_EMPTY", "x"),
+            ("", "MICROINIT_WATCH_FILE_LINE", "{address}"),
+            ("/run/u", "MICROINIT_WATCH_FILE_LINE", "{adress}"),
+        ] {
+            let mut pairs = vec![
+                ("MICROINIT_WATCH", &["web"][..]),
+                ("MICROINIT_ON_CHANGE", &["signal:HUP"][..]),
+                (key, std::slice::from_ref(&value)),
+            ];
+            let file = [file];
+            if !file[0].is_empty() {
+                pairs.push(("MICROINIT_WATCH_FILE", &file[..]));
+            }
+            let e = DiscoveryConfig::from_options(&opts(&pairs), agent, sig).expect_err(key);
+            assert!(e.contains("--watch-file"), "{e}");
+        }
     }
 
     #[test]

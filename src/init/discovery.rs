@@ -1,7 +1,8 @@
 //! Service discovery as PID 1's loop sees it: the wait before the app starts, and the watches while it runs.
 //!
 //! Owns: which wait targets are up, the wait's deadline and progress lines, the latest answer of every
-//! watch, the debounce, writing `--watch-file` (write + rename, so a reader never sees half a file), and
+//! watch, the debounce, writing `--watch-file` (write + rename, so a reader never sees half a file; its lines
+//! from `--watch-file-line`, with the agent's values admitted only as plain text), and
 //! turning all that into [`Action`]s. Does not own: the network (`consul::watch` threads do it and wake the
 //! loop through [`Discovery::wake_fd`]), nor performing an action: the event loop starts the app, delivers
 //! signals and spawns `--on-change exec:` programs, so every child still has one reaper (DESIGN.md).
@@ -17,9 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::discovery::{
-    DiscoveryConfig, OnChange, WaitTarget, WatchFileFormat, WatchTarget,
+    DiscoveryConfig, Field, LineTemplate, OnChange, Piece, WaitTarget, WatchFileFormat, WatchTarget,
 };
-use crate::consul::watch::{Event, Snapshot, Upstreams};
+use crate::consul::watch::{Event, Instance, Snapshot, Upstreams};
 use crate::control::status;
 
 /// First progress line this long into the wait (a quick wait prints none), then one every PROGRESS_EVERY.
@@ -293,7 +294,7 @@ impl Discovery {
             return Vec::new(); // acted on when the last first answer arrives
         }
         if let Some((path, format)) = &self.watch_file {
-            match write_atomically(path, &render_file(&self.watches, *format)) {
+            match write_atomically(path, &render_file(&self.watches, format)) {
                 Ok(()) => self.file_current = true,
                 Err(e) => log::error!("--watch-file {}: {e}", path.display()),
             }
@@ -403,15 +404,27 @@ fn env_value(s: Option<&Snapshot>) -> String {
     }
 }
 
-fn render_file(watches: &[Watch], format: WatchFileFormat) -> Vec<u8> {
+fn render_file(watches: &[Watch], format: &WatchFileFormat) -> Vec<u8> {
     match format {
-        WatchFileFormat::Lines => {
+        WatchFileFormat::Lines { line, empty } => {
             let mut out = String::new();
+            let mut lines = 0;
             for w in watches {
                 match &w.snapshot {
                     Some(Snapshot::Instances(v)) => {
                         for i in v {
-                            out.push_str(&format!("{}:{}\n", i.address, i.port));
+                            match render_line(line, i) {
+                                Ok(l) => {
+                                    out.push_str(&l);
+                                    out.push('\n');
+                                    lines += 1;
+                                }
+                                Err(why) => log::warn!(
+                                    "--watch-file: instance {:?} of {} left out: {why}",
+                                    i.id,
+                                    w.target.label()
+                                ),
+                            }
                         }
                     }
                     Some(Snapshot::Value(Some(v))) => {
@@ -422,6 +435,10 @@ fn render_file(watches: &[Watch], format: WatchFileFormat) -> Vec<u8> {
                     }
                     _ => {}
                 }
+            }
+            if let (0, Some(empty)) = (lines, empty) {
+                out.push_str(empty);
+                out.push('\n');
             }
             out.into_bytes()
         }
@@ -442,6 +459,43 @@ fn render_file(watches: &[Watch], format: WatchFileFormat) -> Vec<u8> {
     }
 }
 
+/// One instance's line from the template. The values come from the agent, that is from whoever registered
+/// the instance: each one the template names must be plain text (letters, digits, `.`, `-`, `_`, `:`, at most
+/// 255 bytes), so it can never end a line or a directive (`;`, `}`, a newline) in the config it lands in; an
+/// instance with anything else is left out. An IPv6 address is put in brackets (`[::1]:80` stays parseable).
+fn render_line(t: &LineTemplate, i: &Instance) -> Result<String, String> {
+    let mut out = String::new();
+    for piece in &t.0 {
+        let field = match piece {
+            Piece::Text(s) => {
+                out.push_str(s);
+                continue;
+            }
+            Piece::Field(f) => *f,
+        };
+        let value = match field {
+            Field::Address => &i.address,
+            Field::Port => {
+                out.push_str(&i.port.to_string());
+                continue;
+            }
+            Field::Id => &i.id,
+            Field::Node => &i.node,
+        };
+        let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':');
+        if value.is_empty() || value.len() > 255 || !value.bytes().all(plain) {
+            let shown: String = value.chars().take(64).collect();
+            return Err(format!("its {} {shown:?} is not plain text", field.name()));
+        }
+        if field == Field::Address && value.contains(':') {
+            out.push_str(&format!("[{value}]"));
+        } else {
+            out.push_str(value);
+        }
+    }
+    Ok(out)
+}
+
 /// Write to `PATH.microinit-tmp` in the same directory, then rename over PATH: readers see the old file or
 /// the new one, never a mix (rename(2) is atomic within one filesystem).
 fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
@@ -457,7 +511,7 @@ fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::discovery::ServiceQuery;
+    use crate::config::discovery::{parse_line_template, ServiceQuery};
     use crate::consul::watch::Instance;
 
     fn inst(addr: &str, port: u16) -> Instance {
@@ -501,16 +555,103 @@ mod tests {
             },
         ];
         assert_eq!(
-            String::from_utf8(render_file(&w, WatchFileFormat::Lines)).unwrap(),
+            String::from_utf8(render_file(&w, &lines(None, None))).unwrap(),
             "10.0.0.1:80\n10.0.0.2:81\n"
         );
         let j: Value =
-            serde_json::from_slice(&render_file(&w, WatchFileFormat::Json)).expect("json");
+            serde_json::from_slice(&render_file(&w, &WatchFileFormat::Json)).expect("json");
         assert_eq!(j["web"][1]["port"], 81);
         assert_eq!(j["kv:cfg"], Value::Null);
         assert_eq!(env_name(&w[0].target), "MICROINIT_WATCH_WEB");
         assert_eq!(env_name(&w[1].target), "MICROINIT_WATCH_KV_CFG");
         assert_eq!(env_value(w[0].snapshot.as_ref()), "10.0.0.1:80,10.0.0.2:81");
+    }
+
+    fn lines(template: Option<&str>, empty: Option<&str>) -> WatchFileFormat {
+        WatchFileFormat::Lines {
+            line: template.map_or_else(LineTemplate::default, |t| {
+                parse_line_template(t).expect("template")
+            }),
+            empty: empty.map(String::from),
+        }
+    }
+
+    fn render(w: &[Watch], format: &WatchFileFormat) -> String {
+        String::from_utf8(render_file(w, format)).expect("utf-8")
+    }
+
+    /// One service watch `web` that sees these instances.
+    fn web(v: Vec<Instance>) -> [Watch; 1] {
+        [watch("web", Some(Snapshot::Instances(v)))]
+    }
+
+    #[test]
+    fn a_line_template_makes_an_nginx_upstream_include() {
+        let mut v6 = inst("fd00::7", 8080);
+        v6.node = "host-2".into();
+        let w = web(vec![inst("10.0.0.1", 80), v6]);
+        assert_eq!(
+            render(&w, &lines(Some("server {address}:{port};"), None)),
+            "server 10.0.0.1:80;\nserver [fd00::7]:8080;\n"
+        );
+        assert_eq!(
+            render(
+                &w,
+                &lines(Some("server {id} {address}:{port} check # {node}"), None)
+            ),
+            "server 10.0.0.1-80 10.0.0.1:80 check # n\n\
+             server fd00::7-8080 [fd00::7]:8080 check # host-2\n"
+        );
+    }
+
+    #[test]
+    fn no_instance_writes_the_empty_line_and_nothing_else() {
+        let none = web(vec![]);
+        let nginx = lines(
+            Some("server {address}:{port};"),
+            Some("server 127.0.0.1:9 down;"),
+        );
+        assert_eq!(render(&none, &nginx), "server 127.0.0.1:9 down;\n");
+        assert_eq!(
+            render(&none, &lines(None, None)),
+            "",
+            "no empty line asked for"
+        );
+        let one = web(vec![inst("10.0.0.1", 80)]);
+        assert_eq!(render(&one, &nginx), "server 10.0.0.1:80;\n");
+    }
+
+    #[test]
+    fn agent_text_cannot_inject_into_the_config() {
+        // Whoever registers an instance chooses its address, id and node name.
+        let mut evil_id = inst("10.0.0.3", 82);
+        evil_id.id = "x;\n}\nserver 6.6.6.6:80;".into();
+        let w = web(vec![
+            inst("10.0.0.1;\nserver 6.6.6.6:80", 80),
+            inst("10.0.0.2}", 81),
+            inst("", 83),
+            inst(&"a".repeat(256), 84),
+            evil_id.clone(),
+        ]);
+        let nginx = lines(
+            Some("server {address}:{port};"),
+            Some("server 127.0.0.1:9 down;"),
+        );
+        // Only evil_id's address is plain, and the template does not name its id.
+        assert_eq!(render(&w, &nginx), "server 10.0.0.3:82;\n");
+        let with_id = lines(Some("server {id} {address}:{port}"), Some("# none"));
+        assert_eq!(render(&w, &with_id), "# none\n", "every instance left out");
+        assert_eq!(
+            render(&w, &lines(None, None)),
+            "10.0.0.3:82\n",
+            "the default lines too"
+        );
+        assert!(render_line(&LineTemplate::default(), &evil_id).is_ok());
+        let why = render_line(&parse_line_template("{id}").unwrap(), &evil_id).unwrap_err();
+        assert!(
+            why.contains(r#""x;\n}\nserver"#),
+            "escaped in the log: {why}"
+        );
     }
 
     #[test]
