@@ -19,7 +19,8 @@ fn main() {
 }
 
 fn run() -> i32 {
-    let action = match cli::parse(std::env::args_os().collect(), &|k| std::env::var_os(k)) {
+    let env = cli::Environment::capture();
+    let action = match cli::parse(std::env::args_os().collect(), &|k| env.get(k)) {
         Ok(a) => a,
         Err(e) => {
             eprint!("{}", e.text);

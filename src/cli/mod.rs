@@ -63,6 +63,83 @@ impl UsageError {
     }
 }
 
+/// The environment, read once at start for the option twins.
+///
+/// Every flag has an env twin, so parsing asks for ~100 keys: through getenv each lookup scans the whole
+/// environment and copies the key (~100 k instructions at every start, a good part of microinit's start-up
+/// cost). This keeps only the variables whose names could be a twin (`TWIN_PREFIXES`), in one pass; a key
+/// outside those prefixes is looked up in the real environment, so nothing depends on the list being
+/// complete.
+pub struct Environment {
+    twins: Vec<(OsString, OsString)>,
+}
+
+/// Name prefixes of every variable microinit reads as an option (its own, Consul's, tini's and dumb-init's).
+const TWIN_PREFIXES: [&[u8]; 5] = [
+    b"MICROINIT_",
+    b"CONSUL_",
+    b"TINI_",
+    b"DUMB_INIT_",
+    b"RUST_LOG",
+];
+
+fn is_twin(name: &[u8]) -> bool {
+    // The first byte rules out most names without a comparison call (this runs for every variable).
+    TWIN_PREFIXES
+        .iter()
+        .any(|p| name.first() == p.first() && name.starts_with(p))
+}
+
+impl Environment {
+    /// The process's environment as it is now. Call before any thread exists (like every getenv user).
+    pub fn capture() -> Environment {
+        extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        // SAFETY: environ is the C library's NULL-terminated array of NUL-terminated strings; no thread exists
+        // yet that could change it while it is read, and nothing is kept pointing into it.
+        let mut p = unsafe { environ };
+        Environment::from_entries(std::iter::from_fn(|| unsafe {
+            if p.is_null() || (*p).is_null() {
+                return None;
+            }
+            let entry = std::ffi::CStr::from_ptr(*p).to_bytes();
+            p = p.add(1);
+            Some(entry)
+        }))
+    }
+
+    /// From "NAME=VALUE" entries, in the environment's order.
+    fn from_entries<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Environment {
+        use std::os::unix::ffi::OsStringExt;
+        let twins = entries
+            .into_iter()
+            .filter(|e| is_twin(e))
+            // Like getenv: the name ends at the first '=' (an entry without one has no value).
+            .filter_map(|e| {
+                let eq = e.iter().position(|b| *b == b'=')?;
+                Some((
+                    OsString::from_vec(e[..eq].to_vec()),
+                    OsString::from_vec(e[eq + 1..].to_vec()),
+                ))
+            })
+            .collect();
+        Environment { twins }
+    }
+
+    /// The value of `key`, as `std::env::var_os` would give it.
+    pub fn get(&self, key: &str) -> Option<OsString> {
+        if !is_twin(key.as_bytes()) {
+            return std::env::var_os(key);
+        }
+        // The first entry wins, as with getenv.
+        self.twins
+            .iter()
+            .find(|(k, _)| k.as_encoded_bytes() == key.as_bytes())
+            .map(|(_, v)| v.clone())
+    }
+}
+
 /// Variables read besides the tables' twins: Consul's env-only client variables (a secret in a flag would
 /// show in ps), and RUST_LOG.
 const EXTRA_ENV: &[&str] = &[
@@ -303,6 +380,49 @@ mod tests {
             Ok(Action::Run(c)) => *c,
             other => panic!("not a run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn every_env_twin_is_in_the_start_up_snapshot() {
+        let tables = [MICROINIT, CHECK, dialect::TINI, dialect::DUMB_INIT];
+        let keys = tables
+            .iter()
+            .flat_map(|t| t.iter())
+            .filter(|s| matches!(s.kind, Kind::Flag | Kind::Value | Kind::Repeat))
+            .map(|s| s.key)
+            // A flag without a twin has a key no variable can have ("check --json").
+            .filter(|k| !k.contains(' '));
+        for key in keys.chain(EXTRA_ENV.iter().copied()) {
+            assert!(
+                is_twin(key.as_bytes()),
+                "{key} would be looked up with getenv"
+            );
+        }
+    }
+
+    #[test]
+    fn the_snapshot_answers_like_getenv() {
+        let env = Environment::from_entries([
+            &b"PATH=/bin"[..],
+            b"MICROINIT_GRACE=3s",
+            b"MICROINIT_GRACE=9s",
+            b"MICROINIT_VERBOSE=",
+            b"MICROINIT_BROKEN",
+            b"CONSUL_HTTP_ADDR=a=b",
+            b"TINI_SUBREAPER=1",
+        ]);
+        let get = |k: &str| env.get(k).map(|v| v.into_string().unwrap());
+        assert_eq!(
+            get("MICROINIT_GRACE").as_deref(),
+            Some("3s"),
+            "the first one wins"
+        );
+        assert_eq!(get("MICROINIT_VERBOSE").as_deref(), Some(""));
+        assert_eq!(get("MICROINIT_BROKEN"), None);
+        assert_eq!(get("MICROINIT_GRAC"), None);
+        assert_eq!(get("CONSUL_HTTP_ADDR").as_deref(), Some("a=b"));
+        assert_eq!(get("TINI_SUBREAPER").as_deref(), Some("1"));
+        assert_eq!(get("DUMB_INIT_SETSID"), None);
     }
 
     #[test]
