@@ -96,16 +96,33 @@ pub(super) enum Place {
 }
 
 /// Where the loader looks for the libraries one object needs, prepared once per object: the order does not
-/// depend on the name, so a library costs one pass over it and no directory is walked twice.
+/// depend on the name, so a library costs one pass over it and no directory is walked twice. What only a
+/// missing library's report needs (the "searched" list, the directories to watch, the suggested place of a
+/// link) is derived from it then, not at every start.
 pub(super) struct Order {
-    /// Each place, and whether it exists in the image (a directory that is not there is skipped).
-    places: Vec<(Place, bool)>,
-    /// "searched …" for the report: without ld.so.cache, and with it (named only when it listed the name).
-    searched: [String; 2],
+    places: Vec<Place>,
+}
+
+impl Order {
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.places.iter().filter_map(|p| match p {
+            Place::Dir(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// "searched …" for the report: without ld.so.cache, or with it (named only when it listed the name).
+    fn searched(&self, cache: bool) -> String {
+        join_paths(self.places.iter().filter_map(|p| match p {
+            Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
+            Place::Cache => cache.then_some(Path::new(LD_CACHE)),
+        }))
+    }
+
     /// --wait-runtime watches these (inotify takes 64 at most).
-    watch: Vec<PathBuf>,
-    /// Where a link to a missing library would be found: the first searched directory the image has.
-    suggest_dir: Option<PathBuf>,
+    fn watch(&self) -> Vec<PathBuf> {
+        self.dirs().take(64).cloned().collect()
+    }
 }
 
 /// Where a library was found.
@@ -244,41 +261,7 @@ impl Checker<'_> {
                 }
             }
         }
-        fn label(p: &Place, cache: bool) -> Option<&Path> {
-            match p {
-                Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
-                Place::Cache => cache.then_some(Path::new(LD_CACHE)),
-            }
-        }
-        let searched =
-            [false, true].map(|cache| join_paths(out.iter().filter_map(|p| label(p, cache))));
-        let places: Vec<(Place, bool)> = out
-            .into_iter()
-            .map(|p| {
-                let there = match &p {
-                    Place::Dir(d) => self.dir_exists(d),
-                    Place::Cache | Place::Path(_) => true,
-                };
-                (p, there)
-            })
-            .collect();
-        let dirs = || {
-            places.iter().filter_map(|(p, there)| match p {
-                Place::Dir(d) => Some((d, *there)),
-                _ => None,
-            })
-        };
-        let watch = dirs().take(64).map(|(d, _)| d.clone()).collect();
-        let suggest_dir = dirs()
-            .find(|(_, there)| *there)
-            .or(dirs().next())
-            .map(|(d, _)| d.clone());
-        Order {
-            places,
-            searched,
-            watch,
-            suggest_dir,
-        }
+        Order { places: out }
     }
 
     /// One candidate path may be tried: false once MAX_PROBES were (reported once).
@@ -319,7 +302,7 @@ impl Checker<'_> {
         let slash = name.as_bytes().contains(&b'/');
         let direct;
         let places = if slash {
-            direct = [(Place::Path(self.absolute(Path::new(name))), true)];
+            direct = [Place::Path(self.absolute(Path::new(name)))];
             &direct[..]
         } else {
             &order.places
@@ -328,8 +311,9 @@ impl Checker<'_> {
         let mut skipped: Vec<String> = Vec::new();
         // ld.so.cache is named in the report only when it listed the library.
         let mut cache_listed = false;
-        for (place, there) in places {
-            if !there {
+        for place in places {
+            // A directory the image does not have is skipped (walked once per check, see `dir_exists`).
+            if matches!(place, Place::Dir(d) if !self.dir_exists(d)) {
                 if !self.probe() {
                     return None;
                 }
@@ -394,7 +378,7 @@ impl Checker<'_> {
             self.missing(Kind::Library, &cand, Some(&by), u);
             return None;
         }
-        if let (true, [(Place::Path(p), _)]) = (slash, places) {
+        if let (true, [Place::Path(p)]) = (slash, places) {
             let p = p.clone();
             let u = Unresolved {
                 hops: Vec::new(),
@@ -404,12 +388,12 @@ impl Checker<'_> {
             self.missing(Kind::Library, &p, Some(&by), u);
             return None;
         }
-        let mut reason = format!("searched {}", order.searched[usize::from(cache_listed)]);
+        let mut reason = format!("searched {}", order.searched(cache_listed));
         for s in skipped.iter().take(8) {
             reason.push_str("; ");
             reason.push_str(s);
         }
-        let watch = order.watch.clone();
+        let watch = order.watch();
         let m = Missing {
             kind: Kind::Library,
             path: PathBuf::from(name),
@@ -419,7 +403,12 @@ impl Checker<'_> {
             watch,
         };
         self.report.add_missing(m);
-        if let Some(dir) = &order.suggest_dir {
+        // Where a link to the library would be found: the first searched directory the image has.
+        let suggest_dir = order
+            .dirs()
+            .find(|d| self.dir_exists(d))
+            .or(order.dirs().next());
+        if let Some(dir) = suggest_dir {
             self.report.suggest_link(name, dir.join(name));
         }
         None

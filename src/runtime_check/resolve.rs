@@ -4,9 +4,10 @@
 //! Owns: image path ↔ host path, the kernel-like symlink walk (MAXSYMLINKS), the "missing"/"broken" entries.
 //! Does not own: what a resolved file contains (`program`, `elf`).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::report::{Kind, Missing};
@@ -57,6 +58,31 @@ pub(super) struct Unresolved {
     pub(super) hops: Vec<PathBuf>,
     pub(super) at: PathBuf,
     pub(super) reason: String,
+}
+
+/// Drops the last component of an absolute path in bytes ("/" stays "/").
+fn pop(done: &mut Vec<u8>) {
+    let cut = done.iter().rposition(|b| *b == b'/').unwrap_or(0);
+    done.truncate(cut.max(1));
+}
+
+/// `base` (absolute) followed by `rest`, with "." and ".." applied lexically: where a link in the chain points.
+fn lexical(base: &[u8], rest: &[u8]) -> PathBuf {
+    let mut now = base.to_vec();
+    for c in rest
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
+        if c == b".." {
+            pop(&mut now);
+        } else {
+            if now.len() > 1 {
+                now.push(b'/');
+            }
+            now.extend_from_slice(c);
+        }
+    }
+    PathBuf::from(OsString::from_vec(now))
 }
 
 /// One path's lstat, as far as resolving needs it.
@@ -111,80 +137,104 @@ impl Checker<'_> {
 
     /// Resolves `p` inside the root, following symlinks like the kernel (absolute targets restart at the
     /// root, at most MAX_LINKS links).
+    ///
+    /// On bytes, with one buffer for the path walked so far and one for what is left: this runs for every
+    /// path the check looks at (each candidate library), so it allocates only for a link's target and the
+    /// chain's hops, not per component.
     pub(super) fn resolve(&self, p: &Path) -> Result<Canon, Unresolved> {
-        fn push_rev(todo: &mut Vec<OsString>, p: &Path) {
-            let parts: Vec<OsString> = p
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(s) => Some(s.to_os_string()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect();
-            todo.extend(parts.into_iter().rev());
-        }
-        let mut todo = Vec::new();
-        push_rev(&mut todo, &self.absolute(p));
-        let mut done = PathBuf::from("/");
+        let as_path = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+        // What is left to walk, a component at a time from the front ("/" and "." are no components).
+        let mut todo: Vec<u8> = self.absolute(p).into_os_string().into_vec();
+        let mut at = 0;
+        let mut done: Vec<u8> = b"/".to_vec();
         let mut hops = Vec::new();
         let mut links = 0;
-        while let Some(part) = todo.pop() {
-            if part == ".." {
-                done.pop();
-                continue;
+        loop {
+            while todo.get(at) == Some(&b'/') {
+                at += 1;
             }
-            let next = done.join(&part);
-            let node = match self.node(&next) {
+            if at >= todo.len() {
+                break;
+            }
+            let end = todo[at..]
+                .iter()
+                .position(|b| *b == b'/')
+                .map_or(todo.len(), |n| at + n);
+            let part = at..end;
+            at = end;
+            match &todo[part.clone()] {
+                b"." => continue,
+                b".." => {
+                    pop(&mut done);
+                    continue;
+                }
+                _ => {}
+            }
+            let before = done.len();
+            if done.len() > 1 {
+                done.push(b'/');
+            }
+            done.extend_from_slice(&todo[part]);
+            let node = match self.node(Path::new(OsStr::from_bytes(&done))) {
                 Ok(n) => n,
                 Err(errno) => {
                     let reason = io_reason(&io::Error::from_raw_os_error(errno));
                     return Err(Unresolved {
                         hops,
-                        at: next,
+                        at: as_path(&done),
                         reason,
                     });
                 }
             };
-            if let Node::Link(target) = node {
-                links += 1;
-                if links > MAX_LINKS {
-                    let reason = format!("symlink loop (more than {MAX_LINKS} links)");
+            // No component left ("." is none, as for Path::components).
+            let rest_is_empty = todo[at..]
+                .split(|b| *b == b'/')
+                .all(|c| c.is_empty() || c == b".");
+            match node {
+                Node::Link(target) => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        let reason = format!("symlink loop (more than {MAX_LINKS} links)");
+                        return Err(Unresolved {
+                            hops,
+                            at: as_path(&done),
+                            reason,
+                        });
+                    }
+                    // The link's own name is not part of the path: its target replaces it (an absolute one
+                    // restarts at the root).
+                    done.truncate(before);
+                    let target = target.as_os_str().as_bytes();
+                    if target.first() == Some(&b'/') {
+                        done.truncate(1);
+                    }
+                    let mut next = target.to_vec();
+                    next.push(b'/');
+                    next.extend_from_slice(&todo[at..]);
+                    todo = next;
+                    at = 0;
+                    // Only a link that is the whole path so far is a hop of the chain ("a -> b"); a directory
+                    // link on the way (/lib -> usr/lib) is not what the person named.
+                    if rest_is_empty {
+                        hops.push(lexical(&done, &todo));
+                    }
+                }
+                Node::Dir => {}
+                Node::Other if rest_is_empty => {}
+                Node::Other => {
+                    let reason = "a path component is not a directory".into();
                     return Err(Unresolved {
                         hops,
-                        at: next,
+                        at: as_path(&done),
                         reason,
                     });
                 }
-                // Only a link that is the whole path so far is a hop of the chain ("a -> b"); a directory
-                // link on the way (/lib -> usr/lib) is not what the person named.
-                let whole = todo.is_empty();
-                if target.is_absolute() {
-                    done = PathBuf::from("/");
-                }
-                push_rev(&mut todo, &target);
-                if whole {
-                    let mut now = done.clone();
-                    for t in todo.iter().rev() {
-                        if t == ".." {
-                            now.pop();
-                        } else {
-                            now.push(t);
-                        }
-                    }
-                    hops.push(now);
-                }
-            } else if !todo.is_empty() && !matches!(node, Node::Dir) {
-                let reason = "a path component is not a directory".into();
-                return Err(Unresolved {
-                    hops,
-                    at: next,
-                    reason,
-                });
-            } else {
-                done = next;
             }
         }
-        Ok(Canon { real: done, hops })
+        Ok(Canon {
+            real: as_path(&done),
+            hops,
+        })
     }
 
     pub(super) fn missing(
