@@ -5,6 +5,7 @@
 //! Owns: search order per loader, ld.so.cache parsing, musl's reserved names.
 //! Does not own: reading ELF files (`elf`), resolving paths (`resolve`).
 
+use std::cell::{Cell, OnceCell};
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -101,9 +102,25 @@ pub(super) enum Place {
 /// link) is derived from it then, not at every start.
 pub(super) struct Order {
     places: Vec<Place>,
+    /// Whether each place exists in the image, learnt when the search first reaches it.
+    there: Vec<Cell<Option<bool>>>,
+    searched: [OnceCell<String>; 2],
+    watch: OnceCell<Vec<PathBuf>>,
+    /// Index of the place where a link to a missing library would be found.
+    suggest: OnceCell<Option<usize>>,
 }
 
 impl Order {
+    fn new(places: Vec<Place>) -> Order {
+        Order {
+            there: places.iter().map(|_| Cell::new(None)).collect(),
+            places,
+            searched: Default::default(),
+            watch: OnceCell::new(),
+            suggest: OnceCell::new(),
+        }
+    }
+
     fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
         self.places.iter().filter_map(|p| match p {
             Place::Dir(d) => Some(d),
@@ -112,16 +129,20 @@ impl Order {
     }
 
     /// "searched …" for the report: without ld.so.cache, or with it (named only when it listed the name).
-    fn searched(&self, cache: bool) -> String {
-        join_paths(self.places.iter().filter_map(|p| match p {
-            Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
-            Place::Cache => cache.then_some(Path::new(LD_CACHE)),
-        }))
+    fn searched(&self, cache: bool) -> &str {
+        self.searched[usize::from(cache)].get_or_init(|| {
+            join_paths(self.places.iter().filter_map(|p| match p {
+                Place::Dir(d) | Place::Path(d) => Some(d.as_path()),
+                Place::Cache => cache.then_some(Path::new(LD_CACHE)),
+            }))
+        })
     }
 
     /// --wait-runtime watches these (inotify takes 64 at most).
     fn watch(&self) -> Vec<PathBuf> {
-        self.dirs().take(64).cloned().collect()
+        self.watch
+            .get_or_init(|| self.dirs().take(64).cloned().collect())
+            .clone()
     }
 }
 
@@ -261,7 +282,7 @@ impl Checker<'_> {
                 }
             }
         }
-        Order { places: out }
+        Order::new(out)
     }
 
     /// One candidate path may be tried: false once MAX_PROBES were (reported once).
@@ -277,6 +298,20 @@ impl Checker<'_> {
             ));
         }
         true
+    }
+
+    /// Whether place `i` of `order` exists in the image: learnt once per order (a directory through the
+    /// per-check memo of `dir_exists`), so a search over many places and names stays linear.
+    fn place_there(&mut self, order: &Order, i: usize) -> bool {
+        let Place::Dir(d) = &order.places[i] else {
+            return true;
+        };
+        if let Some(there) = order.there[i].get() {
+            return there;
+        }
+        let there = self.dir_exists(d);
+        order.there[i].set(Some(there));
+        there
     }
 
     /// Whether a search directory exists, walked once per check.
@@ -311,9 +346,9 @@ impl Checker<'_> {
         let mut skipped: Vec<String> = Vec::new();
         // ld.so.cache is named in the report only when it listed the library.
         let mut cache_listed = false;
-        for place in places {
-            // A directory the image does not have is skipped (walked once per check, see `dir_exists`).
-            if matches!(place, Place::Dir(d) if !self.dir_exists(d)) {
+        for (i, place) in places.iter().enumerate() {
+            // A directory the image does not have is skipped.
+            if !slash && !self.place_there(order, i) {
                 if !self.probe() {
                     return None;
                 }
@@ -404,11 +439,19 @@ impl Checker<'_> {
         };
         self.report.add_missing(m);
         // Where a link to the library would be found: the first searched directory the image has.
-        let suggest_dir = order
-            .dirs()
-            .find(|d| self.dir_exists(d))
-            .or(order.dirs().next());
-        if let Some(dir) = suggest_dir {
+        let suggest = match order.suggest.get() {
+            Some(s) => *s,
+            None => {
+                let dirs = || {
+                    (0..order.places.len()).filter(|i| matches!(order.places[*i], Place::Dir(_)))
+                };
+                let s = dirs()
+                    .find(|i| self.place_there(order, *i))
+                    .or(dirs().next());
+                *order.suggest.get_or_init(|| s)
+            }
+        };
+        if let Some(Place::Dir(dir)) = suggest.map(|i| &order.places[i]) {
             self.report.suggest_link(name, dir.join(name));
         }
         None
