@@ -1,4 +1,4 @@
-//! A minimal blocking client for the Consul *agent* HTTP API (ureq 3, over `transport`).
+//! A minimal blocking client for the Consul *agent* HTTP API (ureq's HTTP core via `http`, over `transport`).
 //!
 //! Owns: the HTTP calls microinit makes (register with `replace-existing-checks`, TTL check update, deregister,
 //! service maintenance, "does the agent still know this service"), their timeouts, the credentials (token as
@@ -7,18 +7,18 @@
 //! line that names the endpoint (and, for a 403, the ACL permission the token lacks). Every answer that is
 //! not 2xx is an error naming its status, 3xx included: no redirect is followed (one could send the token
 //! elsewhere, and the agent API never redirects, so a redirect means something in between is wrong). Does
-//! not own: the connection (`transport`), when to call what (`registration`), nor the service definition's
+//! not own: the HTTP exchange (`http`), the connection (`transport`), when to call what (`registration`), nor the service definition's
 //! content. Nothing here panics on what Consul sends back, text from the agent is escaped before it reaches
 //! a message, and the token never appears in one.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::consul_agent::{self, AgentConfig, Endpoint};
 use crate::config::Secret;
-use crate::consul::transport;
+use crate::consul::{http, transport};
 
 /// Status of a TTL check, as Consul names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +66,14 @@ impl fmt::Display for Error {
     }
 }
 
-/// Connect timeout of every call: the agent is local, so a slow connect means it is not there.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default total timeout (connect + request + response) of every call.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Most of an answer's body that is read: a service JSON is a few KB; an error text is cut to one line.
-const BODY_LIMIT: u64 = 256 * 1024;
+const BODY_LIMIT: usize = 256 * 1024;
 
 pub struct Client {
-    agent: ureq::Agent,
+    connector: transport::Connector,
     /// What URLs start with: scheme, authority (`localhost` for a unix socket) and the path prefix.
     base: String,
     /// The agent as the user wrote it, for messages and `status`.
@@ -93,21 +91,12 @@ impl Client {
     /// A client for the agent `cfg` describes. Fails (one line naming the variable) on a certificate or key
     /// that cannot be used, or an https:// agent in a build without TLS.
     pub fn new(cfg: &AgentConfig) -> Result<Client, String> {
-        let (connector, resolver) = transport::connector(cfg)?;
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(CALL_TIMEOUT))
-            // Every status is handled below, and a redirect is an error, never followed.
-            .http_status_as_error(false)
-            .max_redirects(0)
-            // The agent is reached directly: an HTTP(S)_PROXY meant for the app must not reroute it.
-            .proxy(None)
-            // No idle keep-alive connection per instance: Consul allows 200 connections per client address
-            // (http_max_conns_per_client), and hundreds of microinits behind one address (host networking)
-            // would hold them all while idle. A heartbeat every TTL/2 pays one loopback/LAN connect instead.
-            .max_idle_connections(0)
-            .user_agent(concat!("microinit/", env!("CARGO_PKG_VERSION")))
-            .build();
+        // Every call is one fresh connection, closed after the answer: no idle keep-alive connection per
+        // instance. Consul allows 200 connections per client address (http_max_conns_per_client), and
+        // hundreds of microinits behind one address (host networking) would hold them all while idle. A
+        // heartbeat every TTL/2 pays one loopback/LAN connect instead. No proxy variable is consulted: an
+        // HTTP(S)_PROXY meant for the app must not reroute the agent.
+        let connector = transport::connector(cfg)?;
         let scheme = if cfg.https { "https" } else { "http" };
         let authority = match &cfg.endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
@@ -122,7 +111,7 @@ impl Client {
             }
         }
         Ok(Client {
-            agent: ureq::Agent::with_parts(config, connector, resolver),
+            connector,
             base: format!("{scheme}://{authority}{}", cfg.path_prefix),
             shown: cfg.display(),
             scope,
@@ -315,9 +304,14 @@ impl Client {
             url.push_str(&self.scope);
         }
         let token = self.current_token();
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        let mut req = ureq_proto::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(
+                "user-agent",
+                concat!("microinit/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(t) = &token {
-            // ureq logs request headers at debug level but only an allow-list of harmless ones.
             req = req.header("X-Consul-Token", t.expose());
         }
         if let Some(a) = &self.basic_auth {
@@ -326,40 +320,26 @@ impl Client {
         if body.is_some() {
             req = req.header("Content-Type", "application/json");
         }
+        if method != "GET" {
+            req = req.header("Content-Length", body.map_or(0, str::len));
+        }
         let req = req
-            .body(body.unwrap_or("").as_bytes().to_vec())
+            .body(())
             .map_err(|e| self.error(ErrorKind::BadResponse, method, path, &e.to_string()))?;
-        let req = self
-            .agent
-            .configure_request(req)
-            .timeout_global(timeout.or(Some(CALL_TIMEOUT)))
-            .build();
-        let mut resp = match self.agent.run(req) {
-            Ok(r) => r,
-            Err(e) => {
-                let detail = format!("agent unreachable ({})", transport_detail(&e));
-                return Err(self.error(ErrorKind::Unreachable, method, path, &detail));
-            }
-        };
-        let code = resp.status().as_u16();
-        let index = resp
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let location = resp
-            .headers()
-            .get("location")
-            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT)
-            .read_to_vec()
+        let deadline = Instant::now() + timeout.unwrap_or(CALL_TIMEOUT);
+        let body = body.unwrap_or("").as_bytes();
+        let answer =
+            http::exchange(&self.connector, req, body, BODY_LIMIT, deadline).map_err(|e| {
+                let detail = format!("agent unreachable ({})", crate::text::for_terminal(&e));
+                self.error(ErrorKind::Unreachable, method, path, &detail)
+            })?;
+        let (code, index) = (answer.status, answer.index);
+        let text = answer
+            .body
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         if (200..300).contains(&code) {
             return text.map(|t| (Some(t), index)).map_err(|e| {
-                let detail = format!("reading the answer: {}", transport_detail(&e));
+                let detail = format!("reading the answer: {}", crate::text::for_terminal(&e));
                 self.error(ErrorKind::Unreachable, method, path, &detail)
             });
         }
@@ -379,7 +359,7 @@ impl Client {
                 format!(
                     "{code} redirect to \"{}\", not followed (the agent API never redirects: is \
                      CONSUL_HTTP_ADDR a proxy or the wrong port?)",
-                    first_line(location.as_deref().unwrap_or(""))
+                    first_line(answer.location.as_deref().unwrap_or(""))
                 ),
             ),
             _ => (ErrorKind::Status, format!("{code} {text}")),
@@ -413,21 +393,6 @@ impl Client {
         }
         Error { kind, message }
     }
-}
-
-/// A transport failure in one line: ureq's message, and the source chain (rustls' reason, the io error).
-fn transport_detail(e: &ureq::Error) -> String {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !detail.contains(&part) {
-            detail.push_str(": ");
-            detail.push_str(&part);
-        }
-        source = s.source();
-    }
-    crate::text::for_terminal(&detail).into_owned()
 }
 
 /// Standard base64 with padding (RFC 4648), for the basic auth header.
@@ -655,6 +620,58 @@ mod tests {
             request.contains("authorization: Basic dXNlcjpwYXNz\r\n"),
             "{request}"
         );
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_answers_are_read_whole() {
+        let json = r#"{"ID": "web-1", "Service": "web"}"#;
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            &json[..5],
+            json.len() - 5,
+            &json[5..]
+        );
+        let to_eof = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{json}");
+        for answer in [chunked, to_eof] {
+            let (addr, h) = answer_once(answer.clone());
+            let known = client(&addr, &[]).service_known("web-1", "web");
+            assert_eq!(known, Ok(true), "{answer}");
+            h.join().expect("server thread");
+        }
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_limit_is_an_error() {
+        let body = "x".repeat(BODY_LIMIT + 1);
+        let (addr, h) = answer_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let e = client(&addr, &[])
+            .service_known("web-1", "web")
+            .expect_err("too large");
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{}", e.message);
+        assert!(e.message.contains("larger than"), "{}", e.message);
+        let _ = h.join();
+    }
+
+    #[test]
+    fn a_silent_agent_times_out_within_the_calls_bound() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = addr_of(&l);
+        let start = std::time::Instant::now();
+        // The connection is accepted (backlog) and never answered.
+        let e = client(&addr, &[])
+            .deregister("web-1", "web", Duration::from_millis(300))
+            .expect_err("no answer");
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{}", e.message);
+        assert!(e.message.contains("timed out"), "{}", e.message);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(l);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod client;
+pub mod http;
 pub mod identity;
 pub mod registration;
 pub mod transport;

@@ -1,91 +1,171 @@
 //! The connections under the Consul client: TCP or a unix socket, then TLS when the agent speaks HTTPS.
 //!
-//! Owns: the ureq connector chain (unix socket → TCP → TLS) and resolver that `client` builds its agent
-//! from, and (feature `https`) the rustls configuration: trusted CAs from `CONSUL_CACERT`/`CONSUL_CAPATH`,
-//! the client certificate for mTLS, the server name to verify (`CONSUL_TLS_SERVER_NAME`), and
-//! `CONSUL_HTTP_SSL_VERIFY=false`. Every certificate problem is found when the client is built (at start),
-//! as a one-line error naming the variable and the file. Does not own: HTTP itself (ureq) or what is asked.
+//! Owns: opening one connection to the agent within the connect timeout (a host name is resolved on a
+//! helper thread, so even a hanging DNS lookup is bounded), the socket timeouts that end every read and
+//! write by the call's deadline, and (feature `https`) the rustls configuration: trusted CAs from
+//! `CONSUL_CACERT`/`CONSUL_CAPATH`, the client certificate for mTLS, the server name to verify
+//! (`CONSUL_TLS_SERVER_NAME`), and `CONSUL_HTTP_SSL_VERIFY=false`. Every certificate problem is found when
+//! the client is built (at start), as a one-line error naming the variable and the file. Does not own: HTTP
+//! (`http`) or what is asked (`client`).
 //!
-//! Why a chain of our own instead of ureq's default one: the default has no unix sockets, cannot verify a
-//! server name other than the URL's host (a `server.dc1.consul` certificate reached at 127.0.0.1), and its
-//! rustls connector panics on a key that does not match its certificate, which must not happen in PID 1.
+//! The server name to verify is the configured one, not the URL's host: a `server.dc1.consul` certificate
+//! is reached at 127.0.0.1. A key that does not match its certificate is an error at start, never a panic.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, TcpConnector, Transport,
-};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::config::consul_agent::{AgentConfig, Endpoint};
 
-/// The connector chain and resolver for `agent`: unix socket or TCP, then TLS when `agent.https`.
-pub fn connector(agent: &AgentConfig) -> Result<(impl Connector, AgentResolver), String> {
-    let unix = match &agent.endpoint {
-        Endpoint::Unix(p) => Some(p.clone()),
-        Endpoint::Tcp { .. } => None,
-    };
-    let chain = UnixConnector(unix.clone())
-        .chain(TcpConnector::default())
-        .chain(tls::connector(agent)?);
-    Ok((
-        chain,
-        AgentResolver {
-            unix: unix.is_some(),
-        },
-    ))
+pub use tls::Conn;
+
+/// Connect timeout of every call (TLS handshake included): the agent is local, so a slow connect means it
+/// is not there.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where the agent is and how to speak to it; opens a fresh connection per call.
+pub struct Connector {
+    endpoint: Endpoint,
+    tls: tls::Tls,
 }
 
-/// Connects to the agent's unix socket when the address is `unix://…`; passes otherwise.
-#[derive(Debug)]
-struct UnixConnector(Option<PathBuf>);
+/// The connector for `agent`. Fails (one line naming the variable) on a certificate or key that cannot be
+/// used, or an https:// agent in a build without TLS.
+pub fn connector(agent: &AgentConfig) -> Result<Connector, String> {
+    Ok(Connector {
+        endpoint: agent.endpoint.clone(),
+        tls: tls::settings(agent)?,
+    })
+}
 
-impl Connector<()> for UnixConnector {
-    type Out = UnixTransport;
-
-    fn connect(
-        &self,
-        details: &ConnectionDetails,
-        _chained: Option<()>,
-    ) -> Result<Option<UnixTransport>, ureq::Error> {
-        let Some(path) = &self.0 else {
-            return Ok(None);
+impl Connector {
+    /// A new connection (TLS handshake done) whose reads and writes end by `deadline`.
+    pub fn connect(&self, deadline: Instant) -> io::Result<Conn> {
+        let connect_by = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+        let stream = match &self.endpoint {
+            Endpoint::Unix(path) => Stream::Unix(connect_unix(path, connect_by)?),
+            Endpoint::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port, connect_by)?),
         };
-        let stream = connect_unix(path, details.timeout)?;
-        let buffers = LazyBuffers::new(
-            details.config.input_buffer_size(),
-            details.config.output_buffer_size(),
-        );
-        Ok(Some(UnixTransport { stream, buffers }))
+        let mut conn = self.tls.wrap(Socket {
+            stream,
+            deadline: connect_by,
+        })?;
+        conn.set_deadline(deadline);
+        Ok(conn)
     }
 }
 
+/// A connected socket whose every read and write ends by `deadline` (the timeout is set to the time left
+/// before each one, so a slowly dripping agent cannot stretch a call).
+pub struct Socket {
+    stream: Stream,
+    deadline: Instant,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+/// The time left before `deadline`, or a timeout error when none is.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    Ok(left)
+}
+
+/// A socket timeout (EAGAIN from SO_RCVTIMEO/SO_SNDTIMEO) as the timeout it is.
+fn named(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        return timed_out();
+    }
+    e
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = Some(left(self.deadline)?);
+        match &mut self.stream {
+            Stream::Tcp(s) => s.set_read_timeout(t).and_then(|()| s.read(buf)),
+            Stream::Unix(s) => s.set_read_timeout(t).and_then(|()| s.read(buf)),
+        }
+        .map_err(named)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = Some(left(self.deadline)?);
+        match &mut self.stream {
+            Stream::Tcp(s) => s.set_write_timeout(t).and_then(|()| s.write(buf)),
+            Stream::Unix(s) => s.set_write_timeout(t).and_then(|()| s.write(buf)),
+        }
+        .map_err(named)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Each address of `host` in turn until one accepts, all within `deadline`.
+fn connect_tcp(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in resolve(host, port, deadline)? {
+        match TcpStream::connect_timeout(&addr, left(deadline)?) {
+            Ok(s) => {
+                // Request and TLS records go out as soon as written.
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+}
+
+/// An IP literal as it is; a host name through the system resolver on a helper thread, waited for until
+/// `deadline` (getaddrinfo has no timeout of its own; a thread left behind ends with its lookup).
+fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let name = (host.to_string(), port);
+    std::thread::spawn(move || {
+        let _ = tx.send(name.to_socket_addrs().map(Vec::from_iter));
+    });
+    rx.recv_timeout(left(deadline)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out resolving the host name"))?
+}
+
 /// A blocking connect(2) on a unix socket waits while the listener's backlog is full (a stalled agent):
-/// connect non-blocking, where the kernel answers EAGAIN instead, and retry within the connect timeout.
-fn connect_unix(path: &Path, timeout: NextTimeout) -> Result<UnixStream, ureq::Error> {
+/// connect non-blocking, where the kernel answers EAGAIN instead, and retry until `deadline`.
+fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let addr = UnixAddr::new(path).map_err(|e| ureq::Error::Io(e.into()))?;
-    let deadline = timeout.not_zero().map(|d| std::time::Instant::now() + *d);
+    let addr = UnixAddr::new(path)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
-    )
-    .map_err(|e| ureq::Error::Io(e.into()))?;
+    )?;
     loop {
         match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
             Ok(()) => break,
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
-                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    return Err(ureq::Error::Timeout(ureq::Timeout::Connect));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                left(deadline)?;
+                std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(ureq::Error::Io(e.into())),
+            Err(e) => return Err(e.into()),
         }
     }
     let stream = UnixStream::from(fd);
@@ -93,109 +173,12 @@ fn connect_unix(path: &Path, timeout: NextTimeout) -> Result<UnixStream, ureq::E
     Ok(stream)
 }
 
-#[derive(Debug)]
-struct UnixTransport {
-    stream: UnixStream,
-    buffers: LazyBuffers,
-}
-
-/// A std::io timeout error as ureq's timeout (so the message says which phase timed out).
-fn io_error(e: std::io::Error, timeout: NextTimeout) -> ureq::Error {
-    match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            ureq::Error::Timeout(timeout.reason)
-        }
-        _ => ureq::Error::Io(e),
-    }
-}
-
-impl Transport for UnixTransport {
-    fn buffers(&mut self) -> &mut dyn Buffers {
-        &mut self.buffers
-    }
-
-    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        let timeout = timeout.for_write();
-        if timeout.after.is_zero() {
-            return Err(ureq::Error::Timeout(timeout.reason));
-        }
-        self.stream
-            .set_write_timeout(timeout.not_zero().map(|d| *d))?;
-        let output = &self.buffers.output()[..amount];
-        self.stream
-            .write_all(output)
-            .map_err(|e| io_error(e, timeout))
-    }
-
-    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        let timeout = timeout.for_read();
-        if timeout.after.is_zero() {
-            return Err(ureq::Error::Timeout(timeout.reason));
-        }
-        self.stream
-            .set_read_timeout(timeout.not_zero().map(|d| *d))?;
-        let input = self.buffers.input_append_buf();
-        let n = loop {
-            match self.stream.read(input) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.map_err(|e| io_error(e, timeout))?,
-            }
-        };
-        self.buffers.input_appended(n);
-        Ok(n > 0)
-    }
-
-    /// Open unless the agent closed it: a non-blocking peek finds EOF (0) or nothing to read (EAGAIN).
-    fn is_open(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        // SAFETY: recv into a 1-byte stack buffer on our own socket.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
-    }
-}
-
-/// Resolves nothing for a unix socket, an IP literal without the resolver's helper thread, and a host name
-/// with ureq's resolver (bounded by the call's timeout).
-#[derive(Debug)]
-pub struct AgentResolver {
-    unix: bool,
-}
-
-impl Resolver for AgentResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let mut out = self.empty();
-        let port = uri.port_u16().unwrap_or(0);
-        let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
-        if self.unix {
-            // The unix connector ignores it; ureq wants an address for its pool key and logs.
-            out.push(SocketAddr::from(([127, 0, 0, 1], port)));
-            return Ok(out);
-        }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            out.push(SocketAddr::new(ip, port));
-            return Ok(out);
-        }
-        DefaultResolver::default().resolve(uri, config, timeout)
-    }
-}
-
 #[cfg(feature = "https")]
 mod tls {
-    use std::io::{Read, Write};
+    use std::io::{self, Read, Write};
     use std::path::Path;
     use std::sync::Arc;
+    use std::time::Instant;
 
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::crypto::CryptoProvider;
@@ -204,24 +187,20 @@ mod tls {
     use rustls::{
         ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned,
     };
-    use ureq::unversioned::transport::{
-        Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
-        TransportAdapter,
-    };
 
+    use super::Socket;
     use crate::config::consul_agent::{AgentConfig, Endpoint};
     use crate::config::user_file;
 
     /// Most files a CONSUL_CAPATH directory may hold (a bound on start-up work, far above real use).
     const MAX_CAPATH_FILES: usize = 1000;
 
-    /// Wraps the connection in TLS when the URL is https://.
-    #[derive(Debug)]
-    pub struct TlsConnector(Option<(Arc<ClientConfig>, ServerName<'static>)>);
+    /// Wraps the connection in TLS when the agent is https://.
+    pub struct Tls(Option<(Arc<ClientConfig>, ServerName<'static>)>);
 
-    pub fn connector(agent: &AgentConfig) -> Result<TlsConnector, String> {
+    pub fn settings(agent: &AgentConfig) -> Result<Tls, String> {
         if !agent.https {
-            return Ok(TlsConnector(None));
+            return Ok(Tls(None));
         }
         let name = agent
             .tls
@@ -234,7 +213,7 @@ mod tls {
             });
         let name = ServerName::try_from(name.clone())
             .map_err(|_| format!("CONSUL_TLS_SERVER_NAME={name}: not a DNS name or IP address"))?;
-        Ok(TlsConnector(Some((Arc::new(client_config(agent)?), name))))
+        Ok(Tls(Some((Arc::new(client_config(agent)?), name))))
     }
 
     fn client_config(agent: &AgentConfig) -> Result<ClientConfig, String> {
@@ -369,91 +348,73 @@ mod tls {
         }
     }
 
-    impl<In: Transport> Connector<In> for TlsConnector {
-        type Out = Either<In, TlsTransport>;
-
-        fn connect(
-            &self,
-            details: &ConnectionDetails,
-            chained: Option<In>,
-        ) -> Result<Option<Self::Out>, ureq::Error> {
-            let Some(inner) = chained else {
-                return Ok(None);
+    impl Tls {
+        /// The connection as it is (plain HTTP), or after a TLS handshake within the socket's deadline.
+        pub fn wrap(&self, sock: Socket) -> io::Result<Conn> {
+            let Some((config, name)) = &self.0 else {
+                return Ok(Conn::Plain(sock));
             };
-            let Some((config, name)) = self.0.as_ref().filter(|_| details.needs_tls()) else {
-                return Ok(Some(Either::A(inner)));
-            };
-            let mut conn = ClientConnection::new(Arc::clone(config), name.clone())
-                .map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
-            let mut sock = TransportAdapter::new(inner.boxed(), details.current_time.clone());
-            sock.set_timeout(details.timeout);
-            conn.complete_io(&mut sock)?;
-            Ok(Some(Either::B(TlsTransport {
-                buffers: LazyBuffers::new(
-                    details.config.input_buffer_size(),
-                    details.config.output_buffer_size(),
-                ),
-                stream: StreamOwned::new(conn, sock),
-            })))
+            let conn = ClientConnection::new(Arc::clone(config), name.clone())
+                .map_err(io::Error::other)?;
+            let mut stream = StreamOwned::new(conn, sock);
+            stream.conn.complete_io(&mut stream.sock)?;
+            Ok(Conn::Tls(Box::new(stream)))
         }
     }
 
-    pub struct TlsTransport {
-        buffers: LazyBuffers,
-        stream: StreamOwned<ClientConnection, TransportAdapter>,
+    /// One connection to the agent, plain or TLS.
+    pub enum Conn {
+        Plain(Socket),
+        Tls(Box<StreamOwned<ClientConnection, Socket>>),
     }
 
-    impl std::fmt::Debug for TlsTransport {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("TlsTransport")
+    impl Conn {
+        pub fn set_deadline(&mut self, deadline: Instant) {
+            match self {
+                Conn::Plain(s) => s.deadline = deadline,
+                Conn::Tls(t) => t.sock.deadline = deadline,
+            }
         }
     }
 
-    impl Transport for TlsTransport {
-        fn buffers(&mut self) -> &mut dyn Buffers {
-            &mut self.buffers
+    impl Read for Conn {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self {
+                Conn::Plain(s) => s.read(buf),
+                Conn::Tls(t) => t.read(buf),
+            }
+        }
+    }
+
+    impl Write for Conn {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self {
+                Conn::Plain(s) => s.write(buf),
+                Conn::Tls(t) => t.write(buf),
+            }
         }
 
-        fn transmit_output(
-            &mut self,
-            amount: usize,
-            timeout: NextTimeout,
-        ) -> Result<(), ureq::Error> {
-            self.stream.get_mut().set_timeout(timeout);
-            let output = &self.buffers.output()[..amount];
-            self.stream.write_all(output)?;
-            Ok(())
-        }
-
-        fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-            self.stream.get_mut().set_timeout(timeout);
-            let input = self.buffers.input_append_buf();
-            let n = self.stream.read(input)?;
-            self.buffers.input_appended(n);
-            Ok(n > 0)
-        }
-
-        fn is_open(&mut self) -> bool {
-            self.stream.get_mut().get_mut().is_open()
-        }
-
-        fn is_tls(&self) -> bool {
-            true
+        fn flush(&mut self) -> io::Result<()> {
+            match self {
+                Conn::Plain(s) => s.flush(),
+                Conn::Tls(t) => t.flush(),
+            }
         }
     }
 }
 
 #[cfg(not(feature = "https"))]
 mod tls {
-    use ureq::unversioned::transport::{ConnectionDetails, Connector, Transport};
-
+    use super::Socket;
     use crate::config::consul_agent::AgentConfig;
 
-    /// Without the `https` feature: passes plain connections, and refuses an HTTPS agent up front.
-    #[derive(Debug)]
-    pub struct NoTls;
+    /// Without the `https` feature a connection is the socket itself.
+    pub type Conn = Socket;
 
-    pub fn connector(agent: &AgentConfig) -> Result<NoTls, String> {
+    /// Without the `https` feature: refuses an HTTPS agent up front.
+    pub struct Tls;
+
+    pub fn settings(agent: &AgentConfig) -> Result<Tls, String> {
         if agent.https {
             return Err(format!(
                 "{}: this microinit is the plain build, without TLS; use the TLS build \
@@ -461,18 +422,18 @@ mod tls {
                 agent.display()
             ));
         }
-        Ok(NoTls)
+        Ok(Tls)
     }
 
-    impl<In: Transport> Connector<In> for NoTls {
-        type Out = In;
+    impl Tls {
+        pub fn wrap(&self, sock: Socket) -> std::io::Result<Conn> {
+            Ok(sock)
+        }
+    }
 
-        fn connect(
-            &self,
-            _details: &ConnectionDetails,
-            chained: Option<In>,
-        ) -> Result<Option<In>, ureq::Error> {
-            Ok(chained)
+    impl Socket {
+        pub fn set_deadline(&mut self, deadline: std::time::Instant) {
+            self.deadline = deadline;
         }
     }
 }

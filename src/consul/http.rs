@@ -1,0 +1,165 @@
+//! One HTTP/1.1 exchange with the agent: ureq's sans-IO protocol core (`ureq-proto`, the HTTP code ureq
+//! itself runs) driven over one fresh connection from `transport`.
+//!
+//! Owns: writing the request, reading the answer's head and a bounded body, keeping all of it within the
+//! call's deadline, and closing the connection after every call (no idle connection is ever held). Nothing
+//! follows a redirect here: the answer, whatever its status, goes back to the caller. Does not own: what is
+//! asked and what an answer means (`client`), nor the connection itself (`transport`).
+//!
+//! Why ureq-proto and not ureq's `Agent`: microinit makes one request per fresh connection, with its own
+//! connections, no pool, no redirects, no proxy, no cookies; the agent's layers around the same protocol
+//! code (configuration, pool, middleware chain, redirect handling, its transport and resolver traits) cost
+//! about 60 KB of the static binary for nothing microinit used (README, "Size").
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use ureq_proto::client::{Call, RecvResponseResult, SendRequestResult};
+use ureq_proto::http::Request;
+use ureq_proto::BodyMode;
+
+use crate::consul::transport::Connector;
+
+/// Most bytes of an answer's status line and headers (Consul sends well under 1 KB).
+const HEAD_LIMIT: usize = 64 * 1024;
+/// Size of the buffer requests are written through and bodies decoded into.
+const BUF: usize = 16 * 1024;
+
+/// What the agent answered.
+pub struct Answer {
+    pub status: u16,
+    /// The `X-Consul-Index` header, when present and a number.
+    pub index: Option<u64>,
+    /// The `Location` header (a redirect's target, only ever shown).
+    pub location: Option<String>,
+    /// The body, or why it could not be read whole (including: larger than the limit).
+    pub body: Result<Vec<u8>, String>,
+}
+
+/// Send `req` with `body` (the request's `content-length` says how long it is) and read the answer, with
+/// at most `limit` bytes of body, all by `deadline`. An error is one line saying which step failed.
+pub fn exchange(
+    connector: &Connector,
+    req: Request<()>,
+    body: &[u8],
+    limit: usize,
+    deadline: Instant,
+) -> Result<Answer, String> {
+    let proto = |e: ureq_proto::Error| e.to_string();
+    let mut conn = connector
+        .connect(deadline)
+        .map_err(|e| format!("connecting: {}", io_detail(&e)))?;
+    let mut out = vec![0u8; BUF];
+    // The request line, the headers and the body are gathered and written at once.
+    let mut request = Vec::new();
+    let mut call = Call::new(req).map_err(proto)?.proceed();
+    while !call.can_proceed() {
+        let n = call.write(&mut out).map_err(proto)?;
+        request.extend_from_slice(&out[..n]);
+    }
+    let call = match call.proceed().map_err(proto)? {
+        Some(SendRequestResult::RecvResponse(call)) => call,
+        Some(SendRequestResult::SendBody(mut call)) => {
+            let mut rest = body;
+            while !call.can_proceed() {
+                let (used, n) = call.write(rest, &mut out).map_err(proto)?;
+                request.extend_from_slice(&out[..n]);
+                rest = &rest[used..];
+            }
+            call.proceed().ok_or("request body not sent whole")?
+        }
+        // Never asked for (no `Expect: 100-continue`).
+        Some(SendRequestResult::Await100(_)) | None => return Err("request not sent".into()),
+    };
+    conn.write_all(&request)
+        .and_then(|()| conn.flush())
+        .map_err(|e| format!("sending the request: {}", io_detail(&e)))?;
+
+    let mut input = Vec::new();
+    let mut call = call;
+    let response = loop {
+        let (used, response) = call.try_response(&input, false).map_err(proto)?;
+        input.drain(..used);
+        if let Some(r) = response {
+            break r;
+        }
+        if input.len() >= HEAD_LIMIT {
+            return Err(format!(
+                "reading the answer: its head is larger than {HEAD_LIMIT} bytes"
+            ));
+        }
+        let n = read_more(&mut conn, &mut input).map_err(|e| format!("reading the answer: {e}"))?;
+        if n == 0 {
+            return Err("reading the answer: the connection closed before an answer".into());
+        }
+    };
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let mut answer = Answer {
+        status: response.status().as_u16(),
+        index: header("x-consul-index").and_then(|v| v.trim().parse().ok()),
+        location: header("location"),
+        body: Ok(Vec::new()),
+    };
+    if let Some(RecvResponseResult::RecvBody(mut call)) = call.proceed() {
+        // Until EOF when the agent sends neither a length nor chunks.
+        let to_eof = call.body_mode() == BodyMode::CloseDelimited;
+        let mut body = Vec::new();
+        answer.body = loop {
+            let (used, n) = match call.read(&input, &mut out) {
+                Ok(r) => r,
+                Err(e) => break Err(e.to_string()),
+            };
+            input.drain(..used);
+            body.extend_from_slice(&out[..n]);
+            if body.len() > limit {
+                break Err(format!("the answer is larger than {limit} bytes"));
+            }
+            if !to_eof && call.can_proceed() {
+                break Ok(body);
+            }
+            if used == 0 && n == 0 {
+                match read_more(&mut conn, &mut input) {
+                    Ok(0) if to_eof => break Ok(body),
+                    Ok(0) => break Err("the connection closed mid-answer".into()),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+    }
+    Ok(answer)
+}
+
+/// Append what the connection has to `input`; 0 at EOF.
+fn read_more(conn: &mut impl Read, input: &mut Vec<u8>) -> Result<usize, String> {
+    let start = input.len();
+    input.resize(start + BUF, 0);
+    let n = loop {
+        match conn.read(&mut input[start..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    input.truncate(start + *n.as_ref().unwrap_or(&0));
+    n.map_err(|e| io_detail(&e))
+}
+
+/// An io error in one line, with its source chain (rustls' reason behind a TLS failure).
+fn io_detail(e: &std::io::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !detail.contains(&part) {
+            detail.push_str(": ");
+            detail.push_str(&part);
+        }
+        source = s.source();
+    }
+    detail
+}
