@@ -119,11 +119,21 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
+    /// PID 1's socket: every connection raises SIGIO (see `may_sleep_in_read`), which PID 1 blocks and
+    /// reads from its signalfd. When that cannot be set up the listener is polled instead.
     pub fn bind(cfg: &ControlConfig) -> io::Result<ControlServer> {
-        Self::bind_with(&cfg.socket, Limits::default())
+        Self::bind_inner(&cfg.socket, Limits::default(), true)
     }
 
+    /// A socket that is polled only (no SIGIO): for a process that does not block SIGIO.
     pub fn bind_with(path: &Path, limits: Limits) -> io::Result<ControlServer> {
+        Self::bind_inner(path, limits, false)
+    }
+
+    /// The common case (no socket file, its directory there) costs socket, the SIGIO set-up, bind, listen,
+    /// rename and one lstat: what is only needed when something is in the way (a stale file, a missing
+    /// directory) is done after the call that finds it.
+    fn bind_inner(path: &Path, limits: Limits, sigio: bool) -> io::Result<ControlServer> {
         // sun_path is 108 bytes including the terminating NUL, and the temporary name adds one; std's error
         // would not name the variable.
         if path.as_os_str().len() >= 107 {
@@ -135,29 +145,7 @@ impl ControlServer {
                 ),
             ));
         }
-        remove_stale(path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Scratch images have no /run: create it like an init system would.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| annotate(e, "cannot create the directory of control socket", path))?;
-        }
-        // Bound under a temporary name and renamed into place once listening: bind(2) creates the file before
-        // listen(2), and a client that sees the file in between would be refused ("no control socket").
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push("~");
-        let tmp = PathBuf::from(tmp);
-        if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        // The socket file takes its mode from the umask at bind time: 0600 from the first instant, no
-        // chmod race. The main thread is the only one creating files, so the brief umask change is safe.
-        let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(&tmp).and_then(|l| std::fs::rename(&tmp, path).map(|()| l));
-        umask(old);
-        let listener = bound.map_err(|e| {
+        let bind_error = |e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -165,8 +153,71 @@ impl ControlServer {
                     path.display()
                 ),
             )
-        })?;
-        listener.set_nonblocking(true)?;
+        };
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| bind_error(e.into()))?;
+        // Before listen(2): then every connection raises SIGIO, and none can wait in the backlog unannounced.
+        let signals_connect = sigio
+            && signal_on_connect(&fd)
+                .map_err(|e| log::debug!("control socket: no SIGIO on connect ({e}); polling it"))
+                .is_ok();
+        // Bound under a temporary name and renamed into place once listening: bind(2) creates the file before
+        // listen(2), and a client that sees the file in between would be refused ("no control socket").
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push("~");
+        let tmp = PathBuf::from(tmp);
+        let addr = UnixAddr::new(&tmp).map_err(|e| bind_error(e.into()))?;
+        // The socket file takes its mode from the umask at bind time: 0600 from the first instant, no
+        // chmod race. The main thread is the only one creating files, so the brief umask change is safe.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let mut bound = socket::bind(fd.as_raw_fd(), &addr);
+        if bound == Err(Errno::ENOENT) {
+            // Scratch images have no /run: create it like an init system would.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                umask(old);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|e| {
+                        annotate(e, "cannot create the directory of control socket", path)
+                    })?;
+                umask(Mode::from_bits_truncate(0o177));
+                bound = socket::bind(fd.as_raw_fd(), &addr);
+            }
+        }
+        if bound == Err(Errno::EADDRINUSE)
+            && std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_socket())
+        {
+            // A temporary name left by a microinit that died between bind and rename.
+            let _ = std::fs::remove_file(&tmp);
+            bound = socket::bind(fd.as_raw_fd(), &addr);
+        }
+        umask(old);
+        bound.map_err(|e| bind_error(e.into()))?;
+        // SAFETY: listen(2) on our own bound socket; -1 is the kernel's largest backlog, as std asks for.
+        if unsafe { libc::listen(fd.as_raw_fd(), -1) } != 0 {
+            return Err(bind_error(io::Error::last_os_error()));
+        }
+        let listener = UnixListener::from(fd);
+        // Into place without replacing anything; only a file already there is looked at (a stale socket is
+        // removed, a live server's or a non-socket is refused).
+        if let Err(e) = rename_noreplace(&tmp, path) {
+            let renamed = if e == Errno::EEXIST || e == Errno::EINVAL || e == Errno::ENOSYS {
+                remove_stale(path).and_then(|()| std::fs::rename(&tmp, path).map_err(bind_error))
+            } else {
+                Err(bind_error(e.into()))
+            };
+            if let Err(e) = renamed {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         let meta = std::fs::symlink_metadata(path)?;
         Ok(ControlServer {
             listener,
@@ -176,42 +227,12 @@ impl ControlServer {
             limits,
             clients: Vec::new(),
             next_id: 0,
-            signals_connect: false,
-            // Until `signal_on_connect` looks at the backlog: a client may have connected since bind.
-            accept_due: true,
+            signals_connect,
+            // Without SIGIO the backlog is looked at on the first turn (a client may have connected since
+            // listen); with it, every connection since listen raised one.
+            accept_due: !signals_connect,
             accept_paused_until: None,
         })
-    }
-
-    /// Have the kernel raise SIGIO (si_code POLL_IN, si_fd the listener) when a client connects, so that
-    /// the loop can sleep in read(2) on its signalfd while no client is connected (see `may_sleep_in_read`).
-    /// Only for a process that blocks SIGIO: a default SIGIO would kill it.
-    pub fn signal_on_connect(&mut self) -> io::Result<()> {
-        // <fcntl.h>'s F_SETSIG (10 on every Linux architecture); the libc crate leaves it out for musl.
-        const F_SETSIG: libc::c_int = 10;
-        let fd = self.listener.as_raw_fd();
-        // SAFETY: fcntl on our own listening socket; results are checked.
-        let ok = unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            flags >= 0
-                && libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
-                && libc::fcntl(fd, F_SETSIG, libc::SIGIO) == 0
-                && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) == 0
-        };
-        if !ok {
-            return Err(io::Error::last_os_error());
-        }
-        self.signals_connect = true;
-        // A client that connected before O_ASYNC was set raised no SIGIO: one look at the backlog (poll, no
-        // timeout) decides whether the first wait may already be the read(2) one.
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        self.accept_due = unsafe { libc::poll(&mut p, 1, 0) } != 0;
-        Ok(())
     }
 
     /// True for the SIGIO that `signal_on_connect` asked for (a positive si_code only comes from the
@@ -506,6 +527,53 @@ fn peer_allowed(peer_uid: u32, our_uid: u32) -> bool {
 }
 
 /// A stale socket (nobody answers) is replaced; a live one or a non-socket file is an error.
+/// Have the kernel raise SIGIO (si_code POLL_IN, si_fd the listener) when a client connects, so that the loop
+/// can sleep in read(2) on its signalfd while no client is connected (see `may_sleep_in_read`). Only for a
+/// process that blocks SIGIO: a default SIGIO would kill it.
+fn signal_on_connect(fd: &OwnedFd) -> io::Result<()> {
+    // <fcntl.h>'s F_SETSIG (10 on every Linux architecture); the libc crate leaves it out for musl.
+    const F_SETSIG: libc::c_int = 10;
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on our own socket; results are checked. The socket was made non-blocking: F_SETFL keeps
+    // that and adds O_ASYNC (no F_GETFL needed).
+    let ok = unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd, F_SETSIG, libc::SIGIO) == 0
+            && libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// rename(2) that fails with EEXIST instead of replacing `to` (renameat2 RENAME_NOREPLACE; EINVAL or ENOSYS
+/// where the file system or kernel lacks it).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // RENAME_NOREPLACE from <linux/fs.h>.
+    const RENAME_NOREPLACE: libc::c_uint = 1;
+    // SAFETY: two valid NUL-terminated paths; the raw syscall (musl has no renameat2 wrapper in every version).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
 fn remove_stale(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -85,8 +85,11 @@ pub struct EventLoop {
     app_path: Result<PathBuf, LookupError>,
     registration: Option<Registration>,
     health: Option<HealthSchedule>,
-    /// `microinit status` & co; None when off (`microinit exec`) or when the socket could not be bound.
+    /// `microinit status` & co; None when off (`microinit exec`), when the socket could not be bound, and
+    /// until the first actions (the app's spawn) were performed.
     control: Option<ControlServer>,
+    /// The socket to bind once the first actions are done (`run`).
+    control_cfg: Option<crate::config::ControlConfig>,
     dialect: &'static str,
     /// Control clients waiting for Consul's answer to their `maintenance` request, oldest first.
     maintenance_replies: VecDeque<(ClientId, bool)>,
@@ -151,15 +154,6 @@ impl EventLoop {
             consul.as_ref(),
             deregister_bound,
         );
-        // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
-        let mut control = cfg.control.and_then(|c| {
-            ControlServer::bind(&c)
-                .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
-                .ok()
-        });
-        if let Some(Err(e)) = control.as_mut().map(ControlServer::signal_on_connect) {
-            log::debug!("control socket: no SIGIO on connect ({e}); polling it");
-        }
         let dialect = match cfg.dialect {
             Dialect::Microinit => "microinit",
             Dialect::Tini => "tini",
@@ -194,7 +188,8 @@ impl EventLoop {
             app_path: setup.app_path,
             registration,
             health,
-            control,
+            control: None,
+            control_cfg: cfg.control,
             dialect,
             maintenance_replies: VecDeque::new(),
             policy: cfg.policy,
@@ -221,6 +216,14 @@ impl EventLoop {
     /// Run until the lifecycle says exit; returns microinit's exit code.
     pub fn run(mut self) -> i32 {
         self.perform_all(self.first_actions);
+        // The socket is bound after the app was forked, so its set-up (a dozen syscalls) runs while the app
+        // execs, not before: before the first wait, so `microinit status` answers in every phase.
+        // The app matters more than `microinit status`: a socket that cannot be bound is a warning only.
+        self.control = self.control_cfg.take().and_then(|c| {
+            ControlServer::bind(&c)
+                .map_err(|e| log::warn!("{e}; `microinit status` will not work in this container"))
+                .ok()
+        });
         loop {
             self.publish_metrics();
             // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans

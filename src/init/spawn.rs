@@ -159,8 +159,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
     sh_argv.extend(args.iter().skip(1).map(|a| a.as_ptr()));
     sh_argv.push(std::ptr::null());
 
+    // Both ends non-blocking from the start (one pipe2, no fcntl after it): the child's end takes one write
+    // of 4 bytes into an empty pipe, which never blocks, and is gone at exec anyway.
     let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Fork)?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(SpawnError::Fork)?;
     let mask = spec.mask.0;
     // SAFETY: the child branch only calls async-signal-safe functions on memory prepared above, then
     // execs or _exits.
@@ -182,11 +185,6 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Started, SpawnError> {
         }
     }
     drop(err_w);
-    // Only our end is non-blocking (the child's end is gone at exec anyway, and writes 4 bytes at most).
-    let _ = nix::fcntl::fcntl(
-        err_r.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
     Ok(Started {
         pid,
         exec_pipe: err_r,
