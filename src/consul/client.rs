@@ -41,8 +41,14 @@ impl CheckStatus {
 /// What kind of failure, so the caller can decide between retrying, re-registering and giving up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// No answer: connection refused, timeout, TLS failure. Worth retrying with backoff.
+    /// No connection: refused, connect timeout, name resolution, TLS failure. Worth retrying with backoff.
     Unreachable,
+    /// Connected and sent, but no answer in time: the agent is slow and most likely executes the request
+    /// later, however late. Retry later, not sooner.
+    Busy,
+    /// The agent dropped the connection (reset, broken pipe, closed before answering): Consul closes a
+    /// connection over its per-address limit (`http_max_conns_per_client`) at once, without reading it.
+    Dropped,
     /// 403: the token is unknown or lacks a permission. Retrying will not help.
     Denied,
     /// 404, or (Consul ≤ 1.9) a 500 on a check update for a check the agent does not know.
@@ -329,9 +335,21 @@ impl Client {
         let deadline = Instant::now() + timeout.unwrap_or(CALL_TIMEOUT);
         let body = body.unwrap_or("").as_bytes();
         let answer =
-            http::exchange(&self.connector, req, body, BODY_LIMIT, deadline).map_err(|e| {
-                let detail = format!("agent unreachable ({})", crate::text::for_terminal(&e));
-                self.error(ErrorKind::Unreachable, method, path, &detail)
+            http::exchange(&self.connector, req, body, BODY_LIMIT, deadline).map_err(|f| {
+                let kind = match f {
+                    http::Failure {
+                        connected: false, ..
+                    } => ErrorKind::Unreachable,
+                    http::Failure {
+                        timed_out: true, ..
+                    } => ErrorKind::Busy,
+                    _ => ErrorKind::Dropped,
+                };
+                let detail = format!(
+                    "agent unreachable ({})",
+                    crate::text::for_terminal(&f.message)
+                );
+                self.error(kind, method, path, &detail)
             })?;
         let (code, index) = (answer.status, answer.index);
         let text = answer
@@ -664,7 +682,8 @@ mod tests {
         let e = client(&addr, &[])
             .deregister("web-1", "web", Duration::from_millis(300))
             .expect_err("no answer");
-        assert_eq!(e.kind, ErrorKind::Unreachable, "{}", e.message);
+        // Busy, not Unreachable: the agent holds the request and may execute it late.
+        assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
         assert!(e.message.contains("timed out"), "{}", e.message);
         assert!(
             start.elapsed() < Duration::from_secs(3),
@@ -672,6 +691,19 @@ mod tests {
             start.elapsed()
         );
         drop(l);
+    }
+
+    #[test]
+    fn a_connection_closed_unanswered_is_dropped() {
+        // What Consul does over its per-address connection limit: accept, then close at once.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = addr_of(&l);
+        let h = std::thread::spawn(move || drop(l.accept()));
+        let e = client(&addr, &[])
+            .deregister("web-1", "web", CALL_TIMEOUT)
+            .expect_err("dropped");
+        assert_eq!(e.kind, ErrorKind::Dropped, "{}", e.message);
+        h.join().expect("server thread");
     }
 
     #[test]

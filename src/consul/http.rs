@@ -36,19 +36,47 @@ pub struct Answer {
     pub body: Result<Vec<u8>, String>,
 }
 
+/// Why an exchange failed: one line saying which step failed, and how far it got (the caller's retry
+/// policy differs for an agent that is not there and one that is there but overloaded).
+pub struct Failure {
+    /// A connection was made: the agent is there, and may have read the request (and execute it late).
+    pub connected: bool,
+    /// A read or write ran out of time, rather than the agent closing or resetting the connection.
+    pub timed_out: bool,
+    pub message: String,
+}
+
+impl Failure {
+    fn after_connect(message: String) -> Failure {
+        Failure {
+            connected: true,
+            timed_out: false,
+            message,
+        }
+    }
+
+    fn io(connected: bool, step: &str, e: &std::io::Error) -> Failure {
+        Failure {
+            connected,
+            timed_out: e.kind() == std::io::ErrorKind::TimedOut,
+            message: format!("{step}: {}", io_detail(e)),
+        }
+    }
+}
+
 /// Send `req` with `body` (the request's `content-length` says how long it is) and read the answer, with
-/// at most `limit` bytes of body, all by `deadline`. An error is one line saying which step failed.
+/// at most `limit` bytes of body, all by `deadline`.
 pub fn exchange(
     connector: &Connector,
     req: Request<()>,
     body: &[u8],
     limit: usize,
     deadline: Instant,
-) -> Result<Answer, String> {
-    let proto = |e: ureq_proto::Error| e.to_string();
+) -> Result<Answer, Failure> {
+    let proto = |e: ureq_proto::Error| Failure::after_connect(e.to_string());
     let mut conn = connector
         .connect(deadline)
-        .map_err(|e| format!("connecting: {}", io_detail(&e)))?;
+        .map_err(|e| Failure::io(false, "connecting", &e))?;
     let mut out = vec![0u8; BUF];
     // The request line, the headers and the body are gathered and written at once.
     let mut request = Vec::new();
@@ -66,14 +94,17 @@ pub fn exchange(
                 request.extend_from_slice(&out[..n]);
                 rest = &rest[used..];
             }
-            call.proceed().ok_or("request body not sent whole")?
+            call.proceed()
+                .ok_or_else(|| Failure::after_connect("request body not sent whole".into()))?
         }
         // Never asked for (no `Expect: 100-continue`).
-        Some(SendRequestResult::Await100(_)) | None => return Err("request not sent".into()),
+        Some(SendRequestResult::Await100(_)) | None => {
+            return Err(Failure::after_connect("request not sent".into()))
+        }
     };
     conn.write_all(&request)
         .and_then(|()| conn.flush())
-        .map_err(|e| format!("sending the request: {}", io_detail(&e)))?;
+        .map_err(|e| Failure::io(true, "sending the request", &e))?;
 
     let mut input = Vec::new();
     let mut call = call;
@@ -84,13 +115,16 @@ pub fn exchange(
             break r;
         }
         if input.len() >= HEAD_LIMIT {
-            return Err(format!(
+            return Err(Failure::after_connect(format!(
                 "reading the answer: its head is larger than {HEAD_LIMIT} bytes"
-            ));
+            )));
         }
-        let n = read_more(&mut conn, &mut input).map_err(|e| format!("reading the answer: {e}"))?;
+        let n = read_more(&mut conn, &mut input)
+            .map_err(|e| Failure::io(true, "reading the answer", &e))?;
         if n == 0 {
-            return Err("reading the answer: the connection closed before an answer".into());
+            return Err(Failure::after_connect(
+                "reading the answer: the connection closed before an answer".into(),
+            ));
         }
     };
     let header = |name: &str| {
@@ -127,7 +161,7 @@ pub fn exchange(
                     Ok(0) if to_eof => break Ok(body),
                     Ok(0) => break Err("the connection closed mid-answer".into()),
                     Ok(_) => {}
-                    Err(e) => break Err(e),
+                    Err(e) => break Err(io_detail(&e)),
                 }
             }
         };
@@ -136,7 +170,7 @@ pub fn exchange(
 }
 
 /// Append what the connection has to `input`; 0 at EOF.
-fn read_more(conn: &mut impl Read, input: &mut Vec<u8>) -> Result<usize, String> {
+fn read_more(conn: &mut impl Read, input: &mut Vec<u8>) -> std::io::Result<usize> {
     let start = input.len();
     input.resize(start + BUF, 0);
     let n = loop {
@@ -146,7 +180,7 @@ fn read_more(conn: &mut impl Read, input: &mut Vec<u8>) -> Result<usize, String>
         }
     };
     input.truncate(start + *n.as_ref().unwrap_or(&0));
-    n.map_err(|e| io_detail(&e))
+    n
 }
 
 /// An io error in one line, with its source chain (rustls' reason behind a TLS failure).

@@ -39,6 +39,13 @@ const CONSUL_MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 const DEREGISTER_MARGIN: Duration = Duration::from_millis(100);
 /// First retry delay after a failure; doubles up to `backoff_cap()`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// First retry delay after the agent was busy (no answer in time, or a dropped connection): it may still hold
+/// the request we gave up on and execute it later, so a retry within its backlog only adds to the backlog;
+/// hundreds of instances doing that is the retry storm that keeps an overloaded agent overloaded.
+const BUSY_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// A deregistration the agent dropped (a mass stop: over its per-address connection limit) is sent again
+/// after a pause of this much plus up to as much again of jitter, while the bound leaves time for it.
+const DEREGISTER_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// `--ready` probes: time limit (short: the worker answers a deregistration only between calls) and the
 /// pause between attempts.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -491,7 +498,15 @@ impl Worker {
             // into a retry storm.
             Err(e) => {
                 self.last_heartbeat = Some((unix_now(), Some(e.message.clone())));
+                let busy = e.kind == ErrorKind::Busy;
                 self.failed(e);
+                // The agent holds the heartbeat we gave up on and executes it late, which keeps the TTL
+                // alive as well as an answered one: the next one comes on the usual schedule. Retried
+                // sooner, each instance would add calls to an overloaded agent's backlog (a storm).
+                if busy && self.retry_due.is_some() {
+                    self.retry_due = None;
+                    self.schedule_heartbeat();
+                }
             }
         }
     }
@@ -539,7 +554,8 @@ impl Worker {
     /// meanwhile) can therefore never list a stopped instance as passing.
     fn register(&mut self) {
         if let Err(e) = self.client.register(&self.definition, &self.name) {
-            self.unconfirmed = e.kind == ErrorKind::Unreachable;
+            // Only a request the agent took may be executed late; a refused connection never is.
+            self.unconfirmed = matches!(e.kind, ErrorKind::Busy | ErrorKind::Dropped);
             self.failed(e);
             return;
         }
@@ -616,7 +632,11 @@ impl Worker {
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        let exp = BACKOFF_BASE.saturating_mul(1u32 << self.failures.saturating_sub(1).min(16));
+        let base = match e.kind {
+            ErrorKind::Busy | ErrorKind::Dropped => BUSY_BACKOFF_BASE,
+            _ => BACKOFF_BASE,
+        };
+        let exp = base.saturating_mul(1u32 << self.failures.saturating_sub(1).min(16));
         let delay = exp.min(self.backoff_cap());
         // Jitter in [50%, 100%] of the delay so many containers do not hammer a recovering agent in step.
         let jitter = 0.5 + (self.next_random() % 1000) as f64 / 2000.0;
@@ -637,7 +657,6 @@ impl Worker {
         }
         let bound = self.cfg.deregister_timeout;
         let deadline = sent + bound.saturating_sub(DEREGISTER_MARGIN);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         // Only what the agent may hold: a registration it accepted, or one it never answered (it may still
         // execute it). After a refusal (an ACL denial) there is nothing to remove and nothing to reap.
         let at_agent = self.ever_registered || self.unconfirmed;
@@ -652,7 +671,7 @@ impl Worker {
                 "consul: {:?} is not registered; nothing to deregister",
                 self.id
             );
-        } else if remaining.is_zero() {
+        } else if deadline <= Instant::now() {
             log::warn!(
                 "consul: no time left within the deregistration bound ({}) to deregister {:?}; {}",
                 human(bound),
@@ -660,11 +679,11 @@ impl Worker {
                 self.what_consul_does_now()
             );
         } else {
-            match self.client.deregister(&self.id, &self.name, remaining) {
+            match self.deregister_until(deadline) {
                 Ok(()) => log::info!("consul: deregistered service {:?}", self.id),
                 Err(e) => {
                     let what = match e.kind {
-                        ErrorKind::Unreachable => format!(
+                        ErrorKind::Unreachable | ErrorKind::Busy | ErrorKind::Dropped => format!(
                             "the agent did not answer within the deregistration bound ({}, \
                              --deregister-timeout)",
                             human(bound)
@@ -677,6 +696,29 @@ impl Worker {
             }
         }
         self.emit(Event::Deregistered);
+    }
+
+    /// The deregistration call, sent again while the agent drops it at once (busy, over its connection limit:
+    /// a dropped request was never executed, unlike one that timed out, which uses up the bound anyway) and
+    /// the bound leaves time for another attempt. A refused connection is not retried: no agent is there.
+    fn deregister_until(&mut self, deadline: Instant) -> Result<(), crate::consul::client::Error> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = self.client.deregister(&self.id, &self.name, remaining);
+            match result {
+                Err(e) if e.kind == ErrorKind::Dropped => {
+                    let pause = DEREGISTER_RETRY_PAUSE
+                        + DEREGISTER_RETRY_PAUSE
+                            .mul_f64((self.next_random() % 1000) as f64 / 1000.0);
+                    if Instant::now() + pause * 2 >= deadline {
+                        return Err(e);
+                    }
+                    log::debug!("{e}; sending the deregistration again");
+                    std::thread::sleep(pause);
+                }
+                r => return r,
+            }
+        }
     }
 
     /// What becomes of a service we could not deregister, in the agent's own terms.
