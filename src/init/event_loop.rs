@@ -100,6 +100,8 @@ pub struct EventLoop {
     app: Option<App>,
     /// The last app's pid: its process group may outlive it (`Action::SignalAppGroup`).
     last_app_pid: Option<i32>,
+    /// The reaper's buffer, kept between wakeups (empty outside `reap`).
+    reaped: Vec<(i32, ExitStatus)>,
     /// A SIGCHLD arrived (or we just started, or signalled leftovers): drain waitpid before anything else.
     reap_due: bool,
     /// Set by `Action::Exit`.
@@ -199,6 +201,7 @@ impl EventLoop {
             children: HashMap::new(),
             app: None,
             last_app_pid: None,
+            reaped: Vec::new(),
             reap_due: true,
             exit_code: None,
             signals_forwarded: 0,
@@ -344,10 +347,12 @@ impl EventLoop {
             .and_then(|a| a.exec_pipe.as_ref())
             .map(AsRawFd::as_raw_fd);
         let runtime_watch = self.runtime_wait.as_ref().and_then(|w| w.waiter.fd());
-        let health_running = self
-            .children
-            .values()
-            .any(|o| matches!(o, Owner::Health { .. }));
+        // Only a configured health check has a health command to look for among the children.
+        let health_running = self.health.is_some()
+            && self
+                .children
+                .values()
+                .any(|o| matches!(o, Owner::Health { .. }));
         // Nothing to wait for but signals (a new control client raises SIGIO): sleep in read(2) on the
         // signalfd as catatonit does. poll(2) would add its wake-up and a second syscall to the
         // signal-forwarding path (scripts/bench.sh).

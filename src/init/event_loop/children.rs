@@ -35,8 +35,9 @@ pub(super) enum Owner {
 impl EventLoop {
     /// Drain exits and route each to its owner; tell the lifecycle when no children are left.
     pub(super) fn reap(&mut self) {
-        let drain = reaper::drain();
-        for (pid, status) in drain.exited {
+        let mut exited = std::mem::take(&mut self.reaped);
+        let no_children = reaper::drain(&mut exited);
+        for &(pid, status) in &exited {
             log::debug!("reaped pid {pid} ({status})");
             match self.children.remove(&pid) {
                 Some(Owner::App) => self.on_app_exit(status),
@@ -71,7 +72,9 @@ impl EventLoop {
                 }
             }
         }
-        if drain.no_children {
+        exited.clear();
+        self.reaped = exited;
+        if no_children {
             self.dispatch(Event::NoChildren);
         }
     }

@@ -37,6 +37,8 @@ impl HealthSchedule {
 impl EventLoop {
     /// The next run, or the running command's time limit.
     pub(super) fn health_deadline(&self) -> Option<Instant> {
+        // Without a health check there is no health command among the children to look for.
+        self.health.as_ref()?;
         let running = self.children.values().find_map(|o| match o {
             Owner::Health {
                 deadline,
