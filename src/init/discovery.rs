@@ -391,12 +391,14 @@ pub fn env_name(t: &WatchTarget) -> String {
     format!("MICROINIT_WATCH_{label}")
 }
 
-/// Instances as `host:port` separated by commas (a KV value as is).
+/// Instances as `host:port` separated by commas (a KV value as is: the operator's own text). The addresses
+/// pass the watch file's plain-text rule ([`render_line`]): a program that splits the list on `,` can never be
+/// handed an extra entry, a newline or a shell metacharacter by whoever registered an instance.
 fn env_value(s: Option<&Snapshot>) -> String {
     match s {
         Some(Snapshot::Instances(v)) => v
             .iter()
-            .map(|i| format!("{}:{}", i.address, i.port))
+            .filter_map(|i| render_line(&LineTemplate::default(), i).ok())
             .collect::<Vec<_>>()
             .join(","),
         Some(Snapshot::Value(Some(v))) => v.clone(),
@@ -565,6 +567,17 @@ mod tests {
         assert_eq!(env_name(&w[0].target), "MICROINIT_WATCH_WEB");
         assert_eq!(env_name(&w[1].target), "MICROINIT_WATCH_KV_CFG");
         assert_eq!(env_value(w[0].snapshot.as_ref()), "10.0.0.1:80,10.0.0.2:81");
+    }
+
+    #[test]
+    fn the_exec_list_leaves_out_addresses_that_are_not_plain_text() {
+        let s = Snapshot::Instances(vec![
+            inst("10.0.0.1", 80),
+            inst("10.0.0.9,evil:1", 80),
+            inst("x;rm -rf /", 80),
+            inst("fd00::1", 81),
+        ]);
+        assert_eq!(env_value(Some(&s)), "10.0.0.1:80,[fd00::1]:81");
     }
 
     fn lines(template: Option<&str>, empty: Option<&str>) -> WatchFileFormat {
