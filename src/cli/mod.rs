@@ -156,6 +156,7 @@ fn env_options(env: &dyn Fn(&str) -> Option<OsString>) -> Result<Options, UsageE
 }
 
 /// Parse argv (with argv[0]) and the environment (`env(key)`).
+#[inline(never)] // its locals must not stay in the frame of the caller, which lives as long as PID 1
 pub fn parse(
     argv: Vec<OsString>,
     env: &dyn Fn(&str) -> Option<OsString>,
