@@ -975,6 +975,28 @@ fn a_start_with_a_manifest_checks_only_its_links() {
 }
 
 #[test]
+fn a_link_made_in_the_second_the_manifest_was_written_is_noticed() {
+    // As in one RUN step: a link is made, the manifest written, another link made, all within one second
+    // (directory mtimes are recorded in seconds). Starting right after a second begins puts the three steps
+    // (~0.2 s) in the same second: the clock is the condition here, nothing can signal it.
+    let img = Image::with_app("manifest-second");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()),
+    ));
+    img.link("/usr/bin/early", "/opt/files/app");
+    let r = img.run(&["check", "--write-manifest"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    img.link("/usr/bin/late", "/opt/files/late");
+    let (code, v) = img.check_json(&["true"]);
+    assert_eq!(code, 127, "the manifest must not hide the new link: {v:#}");
+    assert_eq!(v["links"]["source"], "scan", "{v:#}");
+    assert_eq!(v["missing"][0]["path"], "/usr/bin/late", "{v:#}");
+}
+
+#[test]
 fn the_build_time_check_catches_a_link_the_volume_does_not_provide() {
     // As at `docker build`: the links are in the image, the volume is not mounted, its manifest (filebox's
     // symlinks.txt) is; it lacks libstdc++.

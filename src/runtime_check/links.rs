@@ -17,7 +17,7 @@ use super::files::read_dir_raw;
 use super::manifest::ManifestOut;
 use super::report::Kind;
 use super::resolve::normalize;
-use super::{Checker, MAX_SCAN_ENTRIES, SCAN_DIRS};
+use super::{Checker, SCAN_DIRS};
 
 /// At most this many multiarch directories (/usr/lib/x86_64-linux-gnu …) per base directory.
 const MAX_MULTIARCH: usize = 64;
@@ -109,10 +109,13 @@ impl Checker<'_> {
         }
         let mut out = ManifestOut::default();
         let mut seen = HashSet::new();
-        let mut left = MAX_SCAN_ENTRIES;
+        let mut left = self.scan_cap;
         let mut target = vec![0u8; libc::PATH_MAX as usize];
         for dir in dirs {
-            out.dirs.push((dir.clone(), self.mtime(&dir)));
+            // Before the directory is read: a change during the scan shows in it (`settle`).
+            let exact = self.mtime_exact(&dir);
+            out.dirs.push((dir.clone(), exact.map(|t| t.0)));
+            out.exact.push(exact);
             // /bin is often a link to usr/bin: scan each real directory once, under its first name.
             let Ok(canon) = self.resolve(&dir) else {
                 continue;
@@ -165,8 +168,9 @@ impl Checker<'_> {
             }
             if stopped {
                 self.capped(format!(
-                    "the link scan stopped after {MAX_SCAN_ENTRIES} directory entries (in {}): links after \
-                     that were not checked",
+                    "the link scan stopped after {} directory entries (in {}): links after that were not \
+                     checked",
+                    self.scan_cap,
                     dir.display()
                 ));
                 break;

@@ -13,7 +13,8 @@
 //!
 //! Validity: adding or removing a link changes its directory's mtime, so the manifest holds while every
 //! directory still has the recorded mtime. Seconds only: image layers keep whole seconds (the tar format),
-//! and a pulled image must not look changed. A build that clamps timestamps (SOURCE_DATE_EPOCH) can give a
+//! and a pulled image must not look changed. A change within the recorded second would not show: the
+//! manifest is written only once that second is over (`settle`), so every later change lands in a later one. A build that clamps timestamps (SOURCE_DATE_EPOCH) can give a
 //! changed directory its old mtime back; hence a second rule: every directory must be strictly older than
 //! the manifest file (whose mtime is set past the newest directory when it is written). Clamping makes them
 //! equal, so a clamped image falls back to the scan: correct, at the scan's cost.
@@ -38,6 +39,8 @@ pub(super) struct ManifestOut {
     /// Each scanned directory (as named) and its mtime in seconds, `None` when absent.
     pub(super) dirs: Vec<(PathBuf, Option<i64>)>,
     pub(super) links: Vec<PathBuf>,
+    /// A scan's directory mtimes to the nanosecond (seconds, nanoseconds), as `dirs`; empty when read back.
+    pub(super) exact: Vec<Option<(i64, i64)>>,
 }
 
 /// A manifest read back.
@@ -98,8 +101,54 @@ impl Manifest {
 impl Checker<'_> {
     /// The mtime (seconds) of an image directory, following links; `None` when absent.
     pub(super) fn mtime(&self, dir: &Path) -> Option<i64> {
+        self.mtime_exact(dir).map(|t| t.0)
+    }
+
+    /// The mtime (seconds, nanoseconds) of an image directory, following links; `None` when absent.
+    pub(super) fn mtime_exact(&self, dir: &Path) -> Option<(i64, i64)> {
         self.count(|w| w.stat += 1);
-        fs::metadata(self.host(dir)).ok().map(|m| m.mtime())
+        fs::metadata(self.host(dir))
+            .ok()
+            .map(|m| (m.mtime(), m.mtime_nsec()))
+    }
+
+    /// The same-second gap: a link made after the scan but within the second its directory's recorded
+    /// mtime falls in would leave that mtime's seconds as recorded, and the manifest would pass at start
+    /// without the link. So the manifest is written only once that second is over (waiting up to a second,
+    /// at image build time only): from then on any change gives its directory a later second. A change
+    /// between the scan and that moment shows in the nanoseconds and fails the write (run it again).
+    fn settle(&self, out: &ManifestOut) -> io::Result<()> {
+        // The file system stamps changes from the kernel's coarse clock, which lags the precise one by up
+        // to a tick: the second is over when that clock says so.
+        let now = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: t is a valid out-pointer; on failure it stays zero, which ends the wait below.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut t) };
+            t
+        };
+        let newest = out.dirs.iter().filter_map(|d| d.1).max();
+        // Only the current second is waited out: a directory dated in the future gets an earlier mtime
+        // from any change made now, which shows anyway.
+        while let Some(newest) = newest {
+            let t = now();
+            if t.tv_sec != newest {
+                break;
+            }
+            let left = 1_000_000_000 - t.tv_nsec.clamp(0, 999_999_999);
+            std::thread::sleep(Duration::from_nanos(u64::try_from(left).unwrap_or(0)));
+        }
+        for ((dir, _), exact) in out.dirs.iter().zip(&out.exact) {
+            if self.mtime_exact(dir) != *exact {
+                return Err(io::Error::other(format!(
+                    "{} changed while the manifest was being written; run the check again",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Ok(None): no manifest. Err: one that cannot be used, with the reason.
@@ -159,6 +208,7 @@ impl Checker<'_> {
     }
 
     fn write_manifest_file(&self, file: &Path, out: &ManifestOut) -> io::Result<()> {
+        self.settle(out)?;
         let mut text = MAGIC.to_vec();
         let runtime = normalize(&self.absolute(&self.cfg.runtime_dir));
         text.extend_from_slice(b"\nruntime-dir ");

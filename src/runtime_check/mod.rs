@@ -148,6 +148,8 @@ struct Checker<'a> {
     dirs: HashMap<PathBuf, bool>,
     /// Candidate paths the library search may still try (MAX_PROBES).
     probes_left: usize,
+    /// Directory entries the link scan may read (MAX_SCAN_ENTRIES; lower in the tests of the cap).
+    scan_cap: usize,
     work: Cell<Work>,
     /// At `docker build` (runtime directory absent or empty): the files the volume's manifest says it has.
     volume_files: Option<HashSet<PathBuf>>,
@@ -166,6 +168,7 @@ impl<'a> Checker<'a> {
             nodes: RefCell::new(HashMap::new()),
             dirs: HashMap::new(),
             probes_left: MAX_PROBES,
+            scan_cap: MAX_SCAN_ENTRIES,
             work: Cell::new(Work::default()),
             volume_files: None,
             manifest_out: None,
@@ -390,6 +393,51 @@ mod tests {
         assert_eq!(
             found(&r, Kind::Library)[0].0,
             Path::new("/usr/lib/libfoo.so.2")
+        );
+    }
+
+    /// The link scan reads at most MAX_SCAN_ENTRIES directory entries; reaching the cap is said in the report
+    /// (and logged at start), never silent. The same code with a cap of 50, on 200 dangling links.
+    #[test]
+    fn the_link_scan_cap_is_reported_when_reached() {
+        let root = Root::new("scan-cap");
+        for i in 0..200 {
+            root.link(
+                &format!("/usr/bin/tool{i:03}"),
+                &format!("/opt/files/tool{i:03}"),
+            );
+        }
+        root.put("/opt/files/.keep", b"");
+        let cfg = root.cfg();
+        let scan = |cap: usize| {
+            let mut c = Checker::new(&cfg);
+            c.scan_cap = cap;
+            c.runtime_links();
+            c.finish()
+        };
+        let all = scan(MAX_SCAN_ENTRIES);
+        assert_eq!(all.missing.len(), 200, "{}", all.render_text());
+        assert!(
+            !all.notes.iter().any(|n| n.contains("stopped")),
+            "{:?}",
+            all.notes
+        );
+
+        let capped = scan(50);
+        assert!(!capped.is_ok());
+        assert!(capped.missing.len() <= 50, "{}", capped.missing.len());
+        assert!(
+            capped.notes.iter().any(|n| n
+                == "the link scan stopped after 50 directory entries (in /usr/bin): links after that were not checked"),
+            "{:?}",
+            capped.notes
+        );
+        assert!(
+            capped
+                .render_text()
+                .contains("the link scan stopped after 50"),
+            "{}",
+            capped.render_text()
         );
     }
 
