@@ -91,7 +91,18 @@ pub struct Client {
     token_file: Option<PathBuf>,
     /// `Basic …` header value from CONSUL_HTTP_AUTH.
     basic_auth: Option<Secret>,
+    /// The connection of our last call if the agent has not answered it yet, and since when (see
+    /// [`UNANSWERED_PATIENCE`]).
+    unanswered: Mutex<Option<(transport::Conn, Instant)>>,
 }
+
+/// At most one request of ours waits at the agent: while a call we gave up on (timeout) is still
+/// unanswered, no other is sent (it fails at once as `Busy`), because an overloaded agent executes every
+/// request it has read, however late, and each new one would only lengthen its backlog and take one more of
+/// its connections from our address (Consul allows 200). The late answer or the agent closing the
+/// connection ends the wait; so does this much time (a network that lost the connection never says so),
+/// and a deregistration, which is always sent.
+const UNANSWERED_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Client {
     /// A client for the agent `cfg` describes. Fails (one line naming the variable) on a certificate or key
@@ -127,6 +138,7 @@ impl Client {
                 .basic_auth
                 .as_ref()
                 .map(|a| Secret::new(format!("Basic {}", base64(a.expose().as_bytes())))),
+            unanswered: Mutex::new(None),
         })
     }
 
@@ -171,8 +183,17 @@ impl Client {
     /// `PUT /v1/agent/service/deregister/:id`, with its own total timeout (the caller's remaining bound).
     pub fn deregister(&self, service_id: &str, name: &str, timeout: Duration) -> Result<(), Error> {
         let path = format!("/v1/agent/service/deregister/{}", encode(service_id));
-        self.call("PUT", &path, None, &write_perm(name), Some(timeout))
-            .map(drop)
+        // Sent even while an earlier call waits at the agent: after it, on its connection.
+        self.exchange(
+            "PUT",
+            &path,
+            None,
+            &write_perm(name),
+            Some(timeout),
+            false,
+            true,
+        )
+        .map(drop)
     }
 
     /// `PUT /v1/agent/service/maintenance/:id?enable=…&reason=…`.
@@ -227,7 +248,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<String, Error> {
         let body = body.map(|b| b.to_string());
-        self.exchange(method, path, body.as_deref(), perm, timeout, false)
+        self.exchange(method, path, body.as_deref(), perm, timeout, false, false)
             .map(|(text, _)| text.unwrap_or_default())
     }
 
@@ -246,12 +267,14 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis());
         let timeout = wait + wait / 16 + CALL_TIMEOUT;
-        self.exchange("GET", &path, None, perm, Some(timeout), true)
+        self.exchange("GET", &path, None, perm, Some(timeout), true, false)
             .map(|(text, idx)| (text, idx.unwrap_or(0)))
     }
 
     /// One call, retried once with a re-read token after a 403; the body of a 2xx (None for a 404 when
-    /// `not_found_ok`) and the answer's `X-Consul-Index`.
+    /// `not_found_ok`) and the answer's `X-Consul-Index`. While an earlier call waits at the agent, the
+    /// call is not sent (`Busy`), unless `behind_earlier`: then it is sent after it, on its connection.
+    #[allow(clippy::too_many_arguments)]
     fn exchange(
         &self,
         method: &str,
@@ -260,11 +283,21 @@ impl Client {
         perm: &str,
         timeout: Option<Duration>,
         not_found_ok: bool,
+        behind_earlier: bool,
     ) -> Result<(Option<String>, Option<u64>), Error> {
-        match self.call_once(method, path, body, perm, timeout, not_found_ok) {
-            Err(e) if e.kind == ErrorKind::Denied && self.reload_token() => {
-                self.call_once(method, path, body, perm, timeout, not_found_ok)
-            }
+        let once = || {
+            self.call_once(
+                method,
+                path,
+                body,
+                perm,
+                timeout,
+                not_found_ok,
+                behind_earlier,
+            )
+        };
+        match once() {
+            Err(e) if e.kind == ErrorKind::Denied && self.reload_token() => once(),
             r => r,
         }
     }
@@ -291,10 +324,30 @@ impl Client {
         }
     }
 
+    fn unanswered_lock(&self) -> std::sync::MutexGuard<'_, Option<(transport::Conn, Instant)>> {
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Since when our last call has been waiting at the agent, if it still is (within the patience);
+    /// otherwise its connection is closed.
+    fn still_unanswered(&self) -> Option<Instant> {
+        let mut waiting = self.unanswered_lock();
+        match &*waiting {
+            Some((conn, since)) if !conn.answered() && since.elapsed() < UNANSWERED_PATIENCE => {
+                Some(*since)
+            }
+            _ => {
+                *waiting = None;
+                None
+            }
+        }
+    }
+
     fn current_token(&self) -> Option<Secret> {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn call_once(
         &self,
         method: &str,
@@ -303,6 +356,7 @@ impl Client {
         perm: &str,
         timeout: Option<Duration>,
         not_found_ok: bool,
+        behind_earlier: bool,
     ) -> Result<(Option<String>, Option<u64>), Error> {
         let mut url = format!("{}{path}", self.base);
         if !self.scope.is_empty() {
@@ -332,10 +386,24 @@ impl Client {
         let req = req
             .body(())
             .map_err(|e| self.error(ErrorKind::BadResponse, method, path, &e.to_string()))?;
+        let behind = match self.still_unanswered() {
+            None => None,
+            Some(_) if behind_earlier => self.unanswered_lock().take().map(|(conn, _)| conn),
+            Some(since) => {
+                let detail = format!(
+                    "not sent: the agent has not answered our previous call yet ({} ms ago)",
+                    since.elapsed().as_millis()
+                );
+                return Err(self.error(ErrorKind::Busy, method, path, &detail));
+            }
+        };
         let deadline = Instant::now() + timeout.unwrap_or(CALL_TIMEOUT);
         let body = body.unwrap_or("").as_bytes();
-        let answer =
-            http::exchange(&self.connector, req, body, BODY_LIMIT, deadline).map_err(|f| {
+        let answer = http::exchange(&self.connector, behind, req, body, BODY_LIMIT, deadline)
+            .map_err(|mut f| {
+                if let Some(conn) = f.unanswered.take() {
+                    *self.unanswered_lock() = Some((conn, Instant::now()));
+                }
                 let kind = match f {
                     http::Failure {
                         connected: false, ..
@@ -691,6 +759,65 @@ mod tests {
             start.elapsed()
         );
         drop(l);
+    }
+
+    #[test]
+    fn no_call_is_sent_while_the_agent_holds_one_unanswered_except_a_deregistration() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = addr_of(&l);
+        let c = client(&addr, &[]);
+        let update = || c.update_check("c", "web", CheckStatus::Passing, "ok");
+        let first = update().expect_err("no answer");
+        assert_eq!(first.kind, ErrorKind::Busy, "{}", first.message);
+        let (held, _) = l.accept().expect("the first call connected");
+        let second = update().expect_err("not sent");
+        assert_eq!(second.kind, ErrorKind::Busy, "{}", second.message);
+        assert!(second.message.contains("not sent"), "{}", second.message);
+        assert!(l.accept().is_err(), "a second connection was opened");
+        // The agent closes the old connection (it answered, or gave up): calls go out again.
+        drop(held);
+        let third = update().expect_err("no answer again");
+        assert!(third.message.contains("timed out"), "{}", third.message);
+        assert!(l.accept().is_ok(), "the third call was not sent");
+    }
+
+    #[test]
+    fn a_deregistration_goes_after_the_unanswered_call_on_its_connection() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = addr_of(&l);
+        // A slow agent: it answers the first request only once the second has arrived, then both in order.
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("/v1/agent/service/deregister/web-1") {
+                let n = s.read(&mut buf).expect("read");
+                assert!(n > 0, "closed before the deregistration came");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            s.write_all(format!("{ok}{ok}").as_bytes()).expect("answer");
+            l.set_nonblocking(true).expect("nonblocking");
+            (
+                String::from_utf8_lossy(&seen).into_owned(),
+                l.accept().is_err(),
+            )
+        });
+        let c = client(&addr, &[]);
+        let e = c
+            .update_check("c", "web", CheckStatus::Passing, "ok")
+            .expect_err("no answer in time");
+        assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
+        c.deregister("web-1", "web", Duration::from_secs(5))
+            .expect("answered after the earlier call");
+        let (seen, one_connection) = h.join().expect("server thread");
+        assert!(one_connection, "a second connection was opened");
+        let update = seen.find("/v1/agent/check/update/c").expect("update sent");
+        let dereg = seen
+            .find("/v1/agent/service/deregister/web-1")
+            .expect("dereg sent");
+        assert!(update < dereg, "{seen}");
     }
 
     #[test]

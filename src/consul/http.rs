@@ -2,7 +2,8 @@
 //! itself runs) driven over one fresh connection from `transport`.
 //!
 //! Owns: writing the request, reading the answer's head and a bounded body, keeping all of it within the
-//! call's deadline, and closing the connection after every call (no idle connection is ever held). Nothing
+//! call's deadline, and closing the connection after every answered call (no idle connection is ever
+//! held; one whose answer did not come in time goes back to the caller, see [`Failure::unanswered`]). Nothing
 //! follows a redirect here: the answer, whatever its status, goes back to the caller. Does not own: what is
 //! asked and what an answer means (`client`), nor the connection itself (`transport`).
 //!
@@ -14,11 +15,12 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
+use ureq_proto::client::state::RecvResponse;
 use ureq_proto::client::{Call, RecvResponseResult, SendRequestResult};
 use ureq_proto::http::Request;
 use ureq_proto::BodyMode;
 
-use crate::consul::transport::Connector;
+use crate::consul::transport::{Conn, Connector};
 
 /// Most bytes of an answer's status line and headers (Consul sends well under 1 KB).
 const HEAD_LIMIT: usize = 64 * 1024;
@@ -44,6 +46,9 @@ pub struct Failure {
     /// A read or write ran out of time, rather than the agent closing or resetting the connection.
     pub timed_out: bool,
     pub message: String,
+    /// The connection of a request sent whole whose answer did not come in time: the agent still holds
+    /// the request (and one of its connections from our address) until it has executed it.
+    pub unanswered: Option<Conn>,
 }
 
 impl Failure {
@@ -52,6 +57,7 @@ impl Failure {
             connected: true,
             timed_out: false,
             message,
+            unanswered: None,
         }
     }
 
@@ -60,25 +66,58 @@ impl Failure {
             connected,
             timed_out: e.kind() == std::io::ErrorKind::TimedOut,
             message: format!("{step}: {}", io_detail(e)),
+            unanswered: None,
         }
     }
 }
 
 /// Send `req` with `body` (the request's `content-length` says how long it is) and read the answer, with
-/// at most `limit` bytes of body, all by `deadline`.
+/// at most `limit` bytes of body, all by `deadline`. On a fresh connection, or after our earlier request on
+/// `behind` (a connection whose answer did not come in time): that connection already holds one of the
+/// agent's connections from our address, and the agent executes what it has read in order, so the request
+/// can be neither refused over the agent's connection limit nor overtaken by the earlier one. The earlier
+/// answer, when it comes, is read and set aside.
 pub fn exchange(
     connector: &Connector,
+    behind: Option<Conn>,
     req: Request<()>,
     body: &[u8],
     limit: usize,
     deadline: Instant,
 ) -> Result<Answer, Failure> {
+    let (request, call) = encode(req, body)?;
+    let (mut conn, earlier) = match behind {
+        Some(mut conn) => {
+            conn.set_deadline(deadline);
+            // Only its answer's shape matters (a status line, headers, a body): any request parses it.
+            let placeholder = Request::put("/")
+                .header("content-length", 0)
+                .body(())
+                .map_err(|e| Failure::after_connect(e.to_string()))?;
+            (conn, Some(encode(placeholder, b"")?.1))
+        }
+        None => (
+            connector
+                .connect(deadline)
+                .map_err(|e| Failure::io(false, "connecting", &e))?,
+            None,
+        ),
+    };
+    conn.write_all(&request)
+        .and_then(|()| conn.flush())
+        .map_err(|e| Failure::io(true, "sending the request", &e))?;
+    let mut input = Vec::new();
+    if let Some(earlier) = earlier {
+        conn = read_answer(conn, earlier, &mut input, limit)?.0;
+    }
+    read_answer(conn, call, &mut input, limit).map(|(_, answer)| answer)
+}
+
+/// The request line, the headers and the body, gathered to be written at once, and the call that reads
+/// the answer.
+fn encode(req: Request<()>, body: &[u8]) -> Result<(Vec<u8>, Call<RecvResponse>), Failure> {
     let proto = |e: ureq_proto::Error| Failure::after_connect(e.to_string());
-    let mut conn = connector
-        .connect(deadline)
-        .map_err(|e| Failure::io(false, "connecting", &e))?;
     let mut out = vec![0u8; BUF];
-    // The request line, the headers and the body are gathered and written at once.
     let mut request = Vec::new();
     let mut call = Call::new(req).map_err(proto)?.proceed();
     while !call.can_proceed() {
@@ -102,14 +141,20 @@ pub fn exchange(
             return Err(Failure::after_connect("request not sent".into()))
         }
     };
-    conn.write_all(&request)
-        .and_then(|()| conn.flush())
-        .map_err(|e| Failure::io(true, "sending the request", &e))?;
+    Ok((request, call))
+}
 
-    let mut input = Vec::new();
-    let mut call = call;
+/// Read one answer off `conn` (what is left of `input` after it stays there for the next one); the
+/// connection comes back with it, or in the failure when the answer did not come in time.
+fn read_answer(
+    mut conn: Conn,
+    mut call: Call<RecvResponse>,
+    input: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(Conn, Answer), Failure> {
+    let proto = |e: ureq_proto::Error| Failure::after_connect(e.to_string());
     let response = loop {
-        let (used, response) = call.try_response(&input, false).map_err(proto)?;
+        let (used, response) = call.try_response(input, false).map_err(proto)?;
         input.drain(..used);
         if let Some(r) = response {
             break r;
@@ -119,8 +164,16 @@ pub fn exchange(
                 "reading the answer: its head is larger than {HEAD_LIMIT} bytes"
             )));
         }
-        let n = read_more(&mut conn, &mut input)
-            .map_err(|e| Failure::io(true, "reading the answer", &e))?;
+        let n = match read_more(&mut conn, input) {
+            Ok(n) => n,
+            Err(e) => {
+                let mut f = Failure::io(true, "reading the answer", &e);
+                if f.timed_out {
+                    f.unanswered = Some(conn);
+                }
+                return Err(f);
+            }
+        };
         if n == 0 {
             return Err(Failure::after_connect(
                 "reading the answer: the connection closed before an answer".into(),
@@ -140,11 +193,12 @@ pub fn exchange(
         body: Ok(Vec::new()),
     };
     if let Some(RecvResponseResult::RecvBody(mut call)) = call.proceed() {
+        let mut out = vec![0u8; BUF];
         // Until EOF when the agent sends neither a length nor chunks.
         let to_eof = call.body_mode() == BodyMode::CloseDelimited;
         let mut body = Vec::new();
         answer.body = loop {
-            let (used, n) = match call.read(&input, &mut out) {
+            let (used, n) = match call.read(input, &mut out) {
                 Ok(r) => r,
                 Err(e) => break Err(e.to_string()),
             };
@@ -157,7 +211,7 @@ pub fn exchange(
                 break Ok(body);
             }
             if used == 0 && n == 0 {
-                match read_more(&mut conn, &mut input) {
+                match read_more(&mut conn, input) {
                     Ok(0) if to_eof => break Ok(body),
                     Ok(0) => break Err("the connection closed mid-answer".into()),
                     Ok(_) => {}
@@ -166,7 +220,7 @@ pub fn exchange(
             }
         };
     }
-    Ok(answer)
+    Ok((conn, answer))
 }
 
 /// Append what the connection has to `input`; 0 at EOF.

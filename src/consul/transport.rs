@@ -116,6 +116,22 @@ impl Write for Socket {
     }
 }
 
+impl Socket {
+    /// Whether the agent has sent something on this connection or closed it (a late answer, EOF or a
+    /// reset), without waiting: a call given up on holds its connection until then.
+    pub fn answered(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let fd = match &self.stream {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        // An error polling our own socket: take it as done, so it is closed rather than kept.
+        poll(&mut fds, PollTimeout::ZERO).map_or(true, |n| n > 0)
+    }
+}
+
 /// Each address of `host` in turn until one accepts, all within `deadline`.
 fn connect_tcp(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
     let mut last = None;
@@ -373,6 +389,13 @@ mod tls {
             match self {
                 Conn::Plain(s) => s.deadline = deadline,
                 Conn::Tls(t) => t.sock.deadline = deadline,
+            }
+        }
+
+        pub fn answered(&self) -> bool {
+            match self {
+                Conn::Plain(s) => s.answered(),
+                Conn::Tls(t) => t.sock.answered(),
             }
         }
     }
