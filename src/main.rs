@@ -161,7 +161,9 @@ fn supervise(mut cfg: Box<Config>) -> i32 {
             return 125;
         }
     };
-    if cfg.supervisor.isolation == Isolation::Session && spawn::stdin_is_tty() {
+    // Asked once (an ioctl): the loop hands the terminal to the app's group when there is one.
+    let take_tty = cfg.supervisor.isolation != Isolation::None && spawn::stdin_is_tty();
+    if cfg.supervisor.isolation == Isolation::Session && take_tty {
         // Give up our controlling terminal so the app's new session can take it (dumb-init does the same).
         // If we led the terminal's session, the kernel now sends SIGHUP and SIGCONT to our group: they are
         // blocked, and dropped right here since they are not meant for the app.
@@ -233,6 +235,7 @@ fn supervise(mut cfg: Box<Config>) -> i32 {
         mask,
         signals,
         is_pid1,
+        take_tty,
         app_path,
         runtime_check: runtime_summary,
         runtime_wait,

@@ -65,6 +65,8 @@ pub struct Setup {
     pub mask: OriginalMask,
     pub signals: Signals,
     pub is_pid1: bool,
+    /// The app is isolated and stdin is a terminal: its group becomes the terminal's foreground group.
+    pub take_tty: bool,
     /// The resolved command, or why it could not be resolved (looked up again after a runtime wait).
     pub app_path: Result<PathBuf, LookupError>,
     pub runtime_check: Option<status::RuntimeCheck>,
@@ -161,7 +163,6 @@ impl EventLoop {
             Dialect::Tini => "tini",
             Dialect::DumbInit => "dumb-init",
         };
-        let take_tty = cfg.supervisor.isolation != Isolation::None && spawn::stdin_is_tty();
         let runtime = setup
             .runtime_wait
             .as_ref()
@@ -186,7 +187,7 @@ impl EventLoop {
             mask: setup.mask,
             signals: setup.signals,
             is_pid1: setup.is_pid1,
-            take_tty,
+            take_tty: setup.take_tty,
             app_path: setup.app_path,
             registration,
             health,
