@@ -146,7 +146,9 @@ impl Checker<'_> {
         // What is left to walk, a component at a time from the front ("/" and "." are no components).
         let mut todo: Vec<u8> = self.absolute(p).into_os_string().into_vec();
         let mut at = 0;
-        let mut done: Vec<u8> = b"/".to_vec();
+        // Room for the usual path from the start: growing it component by component was a realloc each.
+        let mut done: Vec<u8> = Vec::with_capacity(todo.len().max(64) + 64);
+        done.push(b'/');
         let mut hops = Vec::new();
         let mut links = 0;
         loop {
