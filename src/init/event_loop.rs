@@ -12,7 +12,7 @@
 //! signals to wait for, the loop sleeps in read(2) on the signalfd (a connecting control client raises
 //! SIGIO), else in poll(): zero CPU while idle either way.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,7 +98,8 @@ pub struct EventLoop {
 
     lifecycle: Lifecycle,
     runtime_wait: Option<RuntimeWait>,
-    children: HashMap<i32, Owner>,
+    /// A BTreeMap: a handful of entries, no hashing per reaped orphan and no random seed to fetch.
+    children: BTreeMap<i32, Owner>,
     app: Option<App>,
     /// The last app's pid: its process group may outlive it (`Action::SignalAppGroup`).
     last_app_pid: Option<i32>,
@@ -199,7 +200,7 @@ impl EventLoop {
             cfg: cfg.supervisor,
             lifecycle,
             runtime_wait: setup.runtime_wait,
-            children: HashMap::new(),
+            children: BTreeMap::new(),
             app: None,
             last_app_pid: None,
             reaped: Vec::new(),
