@@ -84,10 +84,12 @@ const TWIN_PREFIXES: [&[u8]; 5] = [
 ];
 
 fn is_twin(name: &[u8]) -> bool {
-    // The first byte rules out most names without a comparison call (this runs for every variable).
+    // The prefixes start with different letters: the first byte picks the one to compare (this runs for
+    // every variable and every key).
     TWIN_PREFIXES
         .iter()
-        .any(|p| name.first() == p.first() && name.starts_with(p))
+        .find(|p| name.first() == p.first())
+        .is_some_and(|p| name.starts_with(p))
 }
 
 impl Environment {
@@ -381,6 +383,18 @@ mod tests {
             Ok(Action::Run(c)) => *c,
             other => panic!("not a run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_twin_prefixes_start_with_different_letters() {
+        let mut first: Vec<u8> = TWIN_PREFIXES.iter().map(|p| p[0]).collect();
+        first.sort_unstable();
+        first.dedup();
+        assert_eq!(
+            first.len(),
+            TWIN_PREFIXES.len(),
+            "is_twin compares one prefix per letter"
+        );
     }
 
     #[test]
