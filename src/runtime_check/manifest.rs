@@ -130,11 +130,12 @@ impl Checker<'_> {
             t
         };
         let newest = out.dirs.iter().filter_map(|d| d.1).max();
-        // Only the current second is waited out: a directory dated in the future gets an earlier mtime
-        // from any change made now, which shows anyway.
+        // The current second is waited out, and the next one when a directory is already dated in it (a
+        // fine-grained stamp can run a tick ahead of the coarse clock). A directory dated further ahead gets
+        // an earlier mtime from any change made now, which shows anyway.
         while let Some(newest) = newest {
             let t = now();
-            if t.tv_sec != newest {
+            if newest < t.tv_sec || newest > t.tv_sec + 1 {
                 break;
             }
             let left = 1_000_000_000 - t.tv_nsec.clamp(0, 999_999_999);
