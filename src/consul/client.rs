@@ -1,4 +1,4 @@
-//! A minimal blocking client for the Consul *agent* HTTP API (ureq's HTTP core via `http`, over `transport`).
+//! A minimal blocking client for the Consul *agent* HTTP API (over `http` and `transport`).
 //!
 //! Owns: the HTTP calls microinit makes (register with `replace-existing-checks`, TTL check update, deregister,
 //! service maintenance, "does the agent still know this service"), their timeouts, the credentials (token as
@@ -80,8 +80,10 @@ const BODY_LIMIT: usize = 256 * 1024;
 
 pub struct Client {
     connector: transport::Connector,
-    /// What URLs start with: scheme, authority (`localhost` for a unix socket) and the path prefix.
-    base: String,
+    /// The `Host` header: the agent's authority (`localhost` for a unix socket).
+    host: String,
+    /// A reverse proxy's path prefix ("/consul"), or "".
+    prefix: String,
     /// The agent as the user wrote it, for messages and `status`.
     shown: String,
     /// `ns=…&partition=…` for every call, or "".
@@ -114,7 +116,6 @@ impl Client {
         // heartbeat every TTL/2 pays one loopback/LAN connect instead. No proxy variable is consulted: an
         // HTTP(S)_PROXY meant for the app must not reroute the agent.
         let connector = transport::connector(cfg)?;
-        let scheme = if cfg.https { "https" } else { "http" };
         let authority = match &cfg.endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
             Endpoint::Tcp { host, port } => format!("{host}:{port}"),
@@ -129,7 +130,8 @@ impl Client {
         }
         Ok(Client {
             connector,
-            base: format!("{scheme}://{authority}{}", cfg.path_prefix),
+            host: authority,
+            prefix: cfg.path_prefix.clone(),
             shown: cfg.display(),
             scope,
             token: Mutex::new(cfg.token.clone()),
@@ -358,34 +360,48 @@ impl Client {
         not_found_ok: bool,
         behind_earlier: bool,
     ) -> Result<(Option<String>, Option<u64>), Error> {
-        let mut url = format!("{}{path}", self.base);
-        if !self.scope.is_empty() {
-            url.push(if path.contains('?') { '&' } else { '?' });
-            url.push_str(&self.scope);
-        }
         let token = self.current_token();
-        let mut req = ureq_proto::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(
-                "user-agent",
-                concat!("microinit/", env!("CARGO_PKG_VERSION")),
-            );
-        if let Some(t) = &token {
-            req = req.header("X-Consul-Token", t.expose());
+        let mut target = format!("{}{path}", self.prefix);
+        if !self.scope.is_empty() {
+            target.push(if path.contains('?') { '&' } else { '?' });
+            target.push_str(&self.scope);
         }
-        if let Some(a) = &self.basic_auth {
-            req = req.header("Authorization", a.expose());
+        if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            let detail = "the path holds a space or a control character";
+            return Err(self.error(ErrorKind::BadResponse, method, path, detail));
+        }
+        // The request head as HTTP/1.1 has it. No `connection: close`: a deregistration may follow an
+        // unanswered call on its connection (see `http::exchange`); the connection is closed after use.
+        let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {}", self.host);
+        head.push_str(concat!(
+            "\r\nuser-agent: microinit/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\n"
+        ));
+        let credentials = [
+            ("x-consul-token", token.as_ref()),
+            ("authorization", self.basic_auth.as_ref()),
+        ];
+        for (name, value) in credentials {
+            let Some(value) = value.map(Secret::expose) else {
+                continue;
+            };
+            // A line break in a token (file) would split the head into headers of the token's choosing.
+            if value.bytes().any(|b| b < b' ' && b != b'\t' || b == 0x7f) {
+                let detail = format!("the {name} value holds a control character");
+                return Err(self.error(ErrorKind::BadResponse, method, path, &detail));
+            }
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if body.is_some() {
-            req = req.header("Content-Type", "application/json");
+            head.push_str("content-type: application/json\r\n");
         }
         if method != "GET" {
-            req = req.header("Content-Length", body.map_or(0, str::len));
+            head.push_str(&format!("content-length: {}\r\n", body.map_or(0, str::len)));
         }
-        let req = req
-            .body(())
-            .map_err(|e| self.error(ErrorKind::BadResponse, method, path, &e.to_string()))?;
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body.unwrap_or("").as_bytes());
         let behind = match self.still_unanswered() {
             None => None,
             Some(_) if behind_earlier => self.unanswered_lock().take().map(|(conn, _)| conn),
@@ -398,8 +414,7 @@ impl Client {
             }
         };
         let deadline = Instant::now() + timeout.unwrap_or(CALL_TIMEOUT);
-        let body = body.unwrap_or("").as_bytes();
-        let answer = http::exchange(&self.connector, behind, req, body, BODY_LIMIT, deadline)
+        let answer = http::exchange(&self.connector, behind, &request, BODY_LIMIT, deadline)
             .map_err(|mut f| {
                 if let Some(conn) = f.unanswered.take() {
                     *self.unanswered_lock() = Some((conn, Instant::now()));
@@ -709,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn chunked_and_close_delimited_answers_are_read_whole() {
+    fn chunked_close_delimited_and_after_100_continue_answers_are_read_whole() {
         let json = r#"{"ID": "web-1", "Service": "web"}"#;
         let chunked = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
@@ -718,7 +733,11 @@ mod tests {
             &json[5..]
         );
         let to_eof = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{json}");
-        for answer in [chunked, to_eof] {
+        let after_100 = format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        for answer in [chunked, to_eof, after_100] {
             let (addr, h) = answer_once(answer.clone());
             let known = client(&addr, &[]).service_known("web-1", "web");
             assert_eq!(known, Ok(true), "{answer}");
@@ -831,6 +850,20 @@ mod tests {
             .expect_err("dropped");
         assert_eq!(e.kind, ErrorKind::Dropped, "{}", e.message);
         h.join().expect("server thread");
+    }
+
+    #[test]
+    fn a_token_with_a_line_break_is_refused_before_anything_is_sent() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        l.set_nonblocking(true).expect("nonblocking");
+        let c = client(&addr_of(&l), &[]);
+        *c.token.lock().expect("lock") = Some(Secret::new("tok\r\nx-evil: 1".into()));
+        let e = c
+            .deregister("web-1", "web", CALL_TIMEOUT)
+            .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::BadResponse, "{}", e.message);
+        assert!(e.message.contains("control character"), "{}", e.message);
+        assert!(l.accept().is_err(), "a request was sent");
     }
 
     #[test]

@@ -1,30 +1,26 @@
-//! One HTTP/1.1 exchange with the agent: ureq's sans-IO protocol core (`ureq-proto`, the HTTP code ureq
-//! itself runs) driven over one fresh connection from `transport`.
+//! One HTTP/1.1 exchange with the agent over one fresh connection from `transport`.
 //!
-//! Owns: writing the request, reading the answer's head and a bounded body, keeping all of it within the
-//! call's deadline, and closing the connection after every answered call (no idle connection is ever
-//! held; one whose answer did not come in time goes back to the caller, see [`Failure::unanswered`]). Nothing
-//! follows a redirect here: the answer, whatever its status, goes back to the caller. Does not own: what is
-//! asked and what an answer means (`client`), nor the connection itself (`transport`).
+//! Owns: sending the request, reading the answer's status line and headers and a bounded body (by length,
+//! chunked, or until the connection closes), keeping all of it within the call's deadline, and closing the
+//! connection after every answered call (no idle connection is ever held; one whose answer did not come in
+//! time goes back to the caller, see [`Failure::unanswered`]). Nothing follows a redirect here: the
+//! answer, whatever its status, goes back to the caller. Does not own: what is asked and what an answer
+//! means (`client`), nor the connection itself (`transport`).
 //!
-//! Why ureq-proto and not ureq's `Agent`: microinit makes one request per fresh connection, with its own
-//! connections, no pool, no redirects, no proxy, no cookies; the agent's layers around the same protocol
-//! code (configuration, pool, middleware chain, redirect handling, its transport and resolver traits) cost
-//! about 60 KB of the static binary for nothing microinit used (README, "Size").
+//! Why not ureq: microinit makes one request per fresh connection to one local agent, with its own
+//! connections, no pool, no redirects, no proxy, no cookies, and reads three headers of the answer. ureq 3's
+//! `Agent` layers cost 82 KB of the static binary for nothing used, and its protocol core alone
+//! (`ureq-proto` with the `http` crate's request, URI and header-map types) another 66 KB, against a few KB
+//! for this file (README, "Size": issue #14 asked for ureq or a measured reason for another way).
 
 use std::io::{Read, Write};
 use std::time::Instant;
-
-use ureq_proto::client::state::RecvResponse;
-use ureq_proto::client::{Call, RecvResponseResult, SendRequestResult};
-use ureq_proto::http::Request;
-use ureq_proto::BodyMode;
 
 use crate::consul::transport::{Conn, Connector};
 
 /// Most bytes of an answer's status line and headers (Consul sends well under 1 KB).
 const HEAD_LIMIT: usize = 64 * 1024;
-/// Size of the buffer requests are written through and bodies decoded into.
+/// How much is read from the connection at a time.
 const BUF: usize = 16 * 1024;
 
 /// What the agent answered.
@@ -61,180 +57,248 @@ impl Failure {
         }
     }
 
-    fn io(connected: bool, step: &str, e: &std::io::Error) -> Failure {
+    fn io(connected: bool, e: &std::io::Error) -> Failure {
         Failure {
             connected,
             timed_out: e.kind() == std::io::ErrorKind::TimedOut,
-            message: format!("{step}: {}", io_detail(e)),
+            message: io_detail(e),
             unanswered: None,
         }
     }
+
+    fn step(mut self, step: &str) -> Failure {
+        self.message = format!("{step}: {}", self.message);
+        self
+    }
 }
 
-/// Send `req` with `body` (the request's `content-length` says how long it is) and read the answer, with
-/// at most `limit` bytes of body, all by `deadline`. On a fresh connection, or after our earlier request on
-/// `behind` (a connection whose answer did not come in time): that connection already holds one of the
-/// agent's connections from our address, and the agent executes what it has read in order, so the request
-/// can be neither refused over the agent's connection limit nor overtaken by the earlier one. The earlier
-/// answer, when it comes, is read and set aside.
+/// Send `request` (head and body, as they go on the wire) and read the answer, with at most `limit` bytes of
+/// body, all by `deadline`. On a fresh connection, or after our earlier request on `behind` (a connection
+/// whose answer did not come in time): that connection already holds one of the agent's connections from
+/// our address, and the agent executes what it has read in order, so the request can be neither refused
+/// over the agent's connection limit nor overtaken by the earlier one. The earlier answer, when it comes,
+/// is read and set aside.
 pub fn exchange(
     connector: &Connector,
     behind: Option<Conn>,
-    req: Request<()>,
-    body: &[u8],
+    request: &[u8],
     limit: usize,
     deadline: Instant,
 ) -> Result<Answer, Failure> {
-    let (request, call) = encode(req, body)?;
-    let (mut conn, earlier) = match behind {
+    let earlier = behind.is_some();
+    let mut conn = match behind {
         Some(mut conn) => {
             conn.set_deadline(deadline);
-            // Only its answer's shape matters (a status line, headers, a body): any request parses it.
-            let placeholder = Request::put("/")
-                .header("content-length", 0)
-                .body(())
-                .map_err(|e| Failure::after_connect(e.to_string()))?;
-            (conn, Some(encode(placeholder, b"")?.1))
+            conn
         }
-        None => (
-            connector
-                .connect(deadline)
-                .map_err(|e| Failure::io(false, "connecting", &e))?,
-            None,
-        ),
+        None => connector
+            .connect(deadline)
+            .map_err(|e| Failure::io(false, &e).step("connecting"))?,
     };
-    conn.write_all(&request)
+    conn.write_all(request)
         .and_then(|()| conn.flush())
-        .map_err(|e| Failure::io(true, "sending the request", &e))?;
-    let mut input = Vec::new();
-    if let Some(earlier) = earlier {
-        conn = read_answer(conn, earlier, &mut input, limit)?.0;
-    }
-    read_answer(conn, call, &mut input, limit).map(|(_, answer)| answer)
-}
-
-/// The request line, the headers and the body, gathered to be written at once, and the call that reads
-/// the answer.
-fn encode(req: Request<()>, body: &[u8]) -> Result<(Vec<u8>, Call<RecvResponse>), Failure> {
-    let proto = |e: ureq_proto::Error| Failure::after_connect(e.to_string());
-    let mut out = vec![0u8; BUF];
-    let mut request = Vec::new();
-    let mut call = Call::new(req).map_err(proto)?.proceed();
-    while !call.can_proceed() {
-        let n = call.write(&mut out).map_err(proto)?;
-        request.extend_from_slice(&out[..n]);
-    }
-    let call = match call.proceed().map_err(proto)? {
-        Some(SendRequestResult::RecvResponse(call)) => call,
-        Some(SendRequestResult::SendBody(mut call)) => {
-            let mut rest = body;
-            while !call.can_proceed() {
-                let (used, n) = call.write(rest, &mut out).map_err(proto)?;
-                request.extend_from_slice(&out[..n]);
-                rest = &rest[used..];
-            }
-            call.proceed()
-                .ok_or_else(|| Failure::after_connect("request body not sent whole".into()))?
-        }
-        // Never asked for (no `Expect: 100-continue`).
-        Some(SendRequestResult::Await100(_)) | None => {
-            return Err(Failure::after_connect("request not sent".into()))
-        }
+        .map_err(|e| Failure::io(true, &e).step("sending the request"))?;
+    let mut input = Input {
+        conn,
+        buf: Vec::new(),
+        pos: 0,
     };
-    Ok((request, call))
+    let answered = if earlier {
+        read_answer(&mut input, limit).and_then(|_| read_answer(&mut input, limit))
+    } else {
+        read_answer(&mut input, limit)
+    };
+    answered.map_err(|mut f| {
+        // Only a wait for an answer's head ends as a timeout here (the body's errors are in the answer).
+        if f.timed_out {
+            f.unanswered = Some(input.conn);
+        }
+        f
+    })
 }
 
-/// Read one answer off `conn` (what is left of `input` after it stays there for the next one); the
-/// connection comes back with it, or in the failure when the answer did not come in time.
-fn read_answer(
-    mut conn: Conn,
-    mut call: Call<RecvResponse>,
-    input: &mut Vec<u8>,
-    limit: usize,
-) -> Result<(Conn, Answer), Failure> {
-    let proto = |e: ureq_proto::Error| Failure::after_connect(e.to_string());
-    let response = loop {
-        let (used, response) = call.try_response(input, false).map_err(proto)?;
-        input.drain(..used);
-        if let Some(r) = response {
-            break r;
-        }
-        if input.len() >= HEAD_LIMIT {
-            return Err(Failure::after_connect(format!(
-                "reading the answer: its head is larger than {HEAD_LIMIT} bytes"
-            )));
-        }
-        let n = match read_more(&mut conn, input) {
-            Ok(n) => n,
-            Err(e) => {
-                let mut f = Failure::io(true, "reading the answer", &e);
-                if f.timed_out {
-                    f.unanswered = Some(conn);
-                }
-                return Err(f);
-            }
-        };
-        if n == 0 {
-            return Err(Failure::after_connect(
-                "reading the answer: the connection closed before an answer".into(),
-            ));
+/// Read one answer (what is left in `input` after it stays there for the next one).
+fn read_answer(input: &mut Input, limit: usize) -> Result<Answer, Failure> {
+    let (status, headers) = loop {
+        let (status, headers) = input.head().map_err(|f| f.step("reading the answer"))?;
+        // An interim answer (100 Continue, 103 Early Hints) comes before the real one.
+        if status >= 200 {
+            break (status, headers);
         }
     };
     let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     };
-    let mut answer = Answer {
-        status: response.status().as_u16(),
-        index: header("x-consul-index").and_then(|v| v.trim().parse().ok()),
+    let too_large = || Failure::after_connect(format!("the answer is larger than {limit} bytes"));
+    let body = if matches!(status, 204 | 304) {
+        Ok(Vec::new())
+    } else if header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        input.chunked(limit).and_then(|b| b.ok_or_else(too_large))
+    } else if let Some(len) = header("content-length") {
+        match len.parse::<usize>() {
+            Ok(n) if n <= limit => input.exact(n),
+            Ok(_) => Err(too_large()),
+            Err(_) => Err(Failure::after_connect(format!(
+                "content-length {len:?} is not a number"
+            ))),
+        }
+    } else {
+        input
+            .until_closed(limit)
+            .and_then(|b| b.ok_or_else(too_large))
+    };
+    Ok(Answer {
+        status,
+        index: header("x-consul-index").and_then(|v| v.parse().ok()),
         location: header("location"),
-        body: Ok(Vec::new()),
-    };
-    if let Some(RecvResponseResult::RecvBody(mut call)) = call.proceed() {
-        let mut out = vec![0u8; BUF];
-        // Until EOF when the agent sends neither a length nor chunks.
-        let to_eof = call.body_mode() == BodyMode::CloseDelimited;
-        let mut body = Vec::new();
-        answer.body = loop {
-            let (used, n) = match call.read(input, &mut out) {
-                Ok(r) => r,
-                Err(e) => break Err(e.to_string()),
-            };
-            input.drain(..used);
-            body.extend_from_slice(&out[..n]);
-            if body.len() > limit {
-                break Err(format!("the answer is larger than {limit} bytes"));
-            }
-            if !to_eof && call.can_proceed() {
-                break Ok(body);
-            }
-            if used == 0 && n == 0 {
-                match read_more(&mut conn, input) {
-                    Ok(0) if to_eof => break Ok(body),
-                    Ok(0) => break Err("the connection closed mid-answer".into()),
-                    Ok(_) => {}
-                    Err(e) => break Err(io_detail(&e)),
-                }
-            }
-        };
-    }
-    Ok((conn, answer))
+        body: body.map_err(|f| f.message),
+    })
 }
 
-/// Append what the connection has to `input`; 0 at EOF.
-fn read_more(conn: &mut impl Read, input: &mut Vec<u8>) -> std::io::Result<usize> {
-    let start = input.len();
-    input.resize(start + BUF, 0);
-    let n = loop {
-        match conn.read(&mut input[start..]) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => break r,
+/// What has been read from the connection and not used yet: `buf[pos..]`.
+struct Input {
+    conn: Conn,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Input {
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Read more from the connection; false at its end.
+    fn fill(&mut self) -> Result<bool, Failure> {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let start = self.buf.len();
+        self.buf.resize(start + BUF, 0);
+        let n = loop {
+            match self.conn.read(&mut self.buf[start..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        self.buf.truncate(start + *n.as_ref().unwrap_or(&0));
+        n.map(|n| n > 0).map_err(|e| Failure::io(true, &e))
+    }
+
+    /// Read more, where the connection's end is an error.
+    fn need(&mut self) -> Result<(), Failure> {
+        match self.fill()? {
+            true => Ok(()),
+            false => Err(Failure::after_connect(
+                "the connection closed mid-answer".into(),
+            )),
         }
-    };
-    input.truncate(start + *n.as_ref().unwrap_or(&0));
-    n
+    }
+
+    /// The next line without its line end, of at most `max` bytes.
+    fn line(&mut self, max: usize) -> Result<Vec<u8>, Failure> {
+        loop {
+            if let Some(i) = self.buffered().iter().position(|&b| b == b'\n') {
+                let line = &self.buffered()[..i];
+                let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                self.pos += i + 1;
+                return Ok(line);
+            }
+            if self.buffered().len() > max {
+                return Err(Failure::after_connect(format!(
+                    "a line longer than {max} bytes"
+                )));
+            }
+            self.need()?;
+        }
+    }
+
+    /// The status code and the headers (names and values trimmed, lossy UTF-8) of one answer head.
+    fn head(&mut self) -> Result<(u16, Vec<(String, String)>), Failure> {
+        let first = self.line(HEAD_LIMIT)?;
+        // "HTTP/1.1 200 OK"
+        let status = first
+            .strip_prefix(b"HTTP/1.")
+            .filter(|rest| rest.get(1) == Some(&b' '))
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| std::str::from_utf8(code).ok()?.parse::<u16>().ok())
+            .filter(|code| (100..600).contains(code))
+            .ok_or_else(|| Failure::after_connect("not an HTTP/1 answer".into()))?;
+        let mut headers = Vec::new();
+        let mut size = first.len();
+        loop {
+            let line = self.line(HEAD_LIMIT)?;
+            if line.is_empty() {
+                return Ok((status, headers));
+            }
+            size += line.len();
+            if size > HEAD_LIMIT {
+                return Err(Failure::after_connect(format!(
+                    "its head is larger than {HEAD_LIMIT} bytes"
+                )));
+            }
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return Err(Failure::after_connect(
+                    "a header line without a colon".into(),
+                ));
+            };
+            let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+            headers.push((text(&line[..colon]), text(&line[colon + 1..])));
+        }
+    }
+
+    /// Exactly `n` bytes.
+    fn exact(&mut self, n: usize) -> Result<Vec<u8>, Failure> {
+        while self.buffered().len() < n {
+            self.need()?;
+        }
+        let body = self.buffered()[..n].to_vec();
+        self.pos += n;
+        Ok(body)
+    }
+
+    /// A chunked body, decoded; None when it is larger than `limit`. Trailers are not read: the connection
+    /// is closed after the answer anyway.
+    fn chunked(&mut self, limit: usize) -> Result<Option<Vec<u8>>, Failure> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line(1024)?;
+            // "1a3f" or "1a3f;extension"
+            let size = line.split(|&b| b == b';').next().unwrap_or(&[]);
+            let size = std::str::from_utf8(size)
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .ok_or_else(|| {
+                    Failure::after_connect("a chunk size that is not a hex number".into())
+                })?;
+            if size == 0 {
+                return Ok(Some(body));
+            }
+            if size > limit - body.len() {
+                return Ok(None);
+            }
+            body.extend(self.exact(size)?);
+            if !self.line(2)?.is_empty() {
+                return Err(Failure::after_connect(
+                    "a chunk longer than its size".into(),
+                ));
+            }
+        }
+    }
+
+    /// Everything until the connection closes; None when it is more than `limit` bytes.
+    fn until_closed(&mut self, limit: usize) -> Result<Option<Vec<u8>>, Failure> {
+        while self.fill()? {
+            if self.buffered().len() > limit {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.buffered().to_vec()))
+    }
 }
 
 /// An io error in one line, with its source chain (rustls' reason behind a TLS failure).
