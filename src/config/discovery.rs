@@ -387,8 +387,14 @@ pub fn parse_on_change(
 pub fn parse_argv(s: &str) -> Result<Vec<OsString>, String> {
     let s = s.trim();
     let argv: Vec<OsString> = if s.starts_with('[') {
-        serde_json::from_str::<Vec<String>>(s)
-            .map_err(|e| format!("not a JSON array of strings ({e})"))?
+        // As a `Value`, the one JSON type microinit parses (a typed `Vec<String>` would link a second parser).
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| format!("not a JSON array of strings ({e})"))?;
+        let words: Option<Vec<&str>> = v
+            .as_array()
+            .and_then(|a| a.iter().map(serde_json::Value::as_str).collect());
+        words
+            .ok_or("not a JSON array of strings")?
             .into_iter()
             .map(OsString::from)
             .collect()
