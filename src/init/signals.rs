@@ -204,7 +204,8 @@ const RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
 /// not allocate. Only what the loop uses of each record is kept (12 of 128 bytes), and the read buffer is not
 /// zeroed first: zeroing and returning the 1 KiB of records was ~2 000 instructions of every wakeup.
 pub struct Batch {
-    items: [Received; BATCH],
+    /// The first `len` are written.
+    items: MaybeUninit<[Received; BATCH]>,
     len: usize,
 }
 
@@ -225,18 +226,18 @@ impl Batch {
         let records: &[libc::signalfd_siginfo] =
             unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), len) };
         let mut b = Batch {
-            items: [Received {
-                signo: 0,
-                code: 0,
-                fd: 0,
-            }; BATCH],
+            items: MaybeUninit::uninit(),
             len,
         };
-        for (item, info) in b.items.iter_mut().zip(records) {
-            *item = Received {
-                signo: info.ssi_signo as i32,
-                code: info.ssi_code,
-                fd: info.ssi_fd,
+        let items = b.items.as_mut_ptr().cast::<Received>();
+        for (i, info) in records.iter().enumerate() {
+            // SAFETY: i < len <= BATCH: inside the array.
+            unsafe {
+                items.add(i).write(Received {
+                    signo: info.ssi_signo as i32,
+                    code: info.ssi_code,
+                    fd: info.ssi_fd,
+                })
             };
         }
         b
@@ -247,7 +248,10 @@ impl Batch {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Received> + '_ {
-        self.items[..self.len].iter().copied()
+        // SAFETY: the first `len` items were written by `read`.
+        let items =
+            unsafe { std::slice::from_raw_parts(self.items.as_ptr().cast::<Received>(), self.len) };
+        items.iter().copied()
     }
 }
 

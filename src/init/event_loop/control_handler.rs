@@ -23,6 +23,11 @@ impl EventLoop {
         let Some(server) = &mut self.control else {
             return;
         };
+        if polled.is_empty() && server.may_sleep_in_read() {
+            // Woken in read(2) by a signal: no client, no connection due (each raises a SIGIO): nothing to
+            // serve, and no clock to read on the signal-forwarding path.
+            return;
+        }
         for Incoming { client, request } in server.serve(polled, Instant::now()) {
             let outcome = match request {
                 Request::Status => Ok(Some(Reply::Status(Box::new(self.status())))),

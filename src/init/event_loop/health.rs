@@ -64,12 +64,10 @@ impl EventLoop {
     }
 
     pub(super) fn health_timers(&mut self, now: Instant) {
-        if self
-            .health
-            .as_ref()
-            .and_then(|h| h.next)
-            .is_some_and(|t| now >= t)
-        {
+        let Some(h) = &self.health else {
+            return; // no health check: no health command among the children either
+        };
+        if h.next.is_some_and(|t| now >= t) {
             self.start_health();
         }
         for (pid, owner) in self.children.iter_mut() {
