@@ -317,14 +317,12 @@ pub fn escape(s: &str) -> String {
 /// "250ms", "10s", "1m", "2h", "1m30s" or a bare number of seconds ("1.5").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return secs_to_duration(secs);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
+    if s.is_empty() {
         return Err("empty duration; use e.g. 500ms, 10s, 1m".into());
     }
+    // Exact decimal arithmetic in nanoseconds: no float parsing (its tables cost ~14 KB of the binary).
+    let mut total: u128 = 0;
+    let mut rest = s;
     while !rest.is_empty() {
         let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -334,27 +332,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_end);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}; use e.g. 500ms, 10s, 1m"))?;
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.len() + frac.len() == 0 || frac.contains('.') || int.len() > 12 {
+            return Err(format!("bad duration {s:?}; use e.g. 500ms, 10s, 1m"));
+        }
+        let scale: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            // A bare number is seconds, like "2" or "0.5", when it is the whole duration.
+            "" if num.len() == s.len() => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(format!("bad duration unit in {s:?}; use ms, s, m or h")),
         };
-        total += n * scale;
+        // Digits past the nanosecond do not matter.
+        let frac = &frac[..frac.len().min(12)];
+        let digits = |d: &str| d.bytes().fold(0u128, |n, b| n * 10 + u128::from(b - b'0'));
+        let frac_ns = digits(frac) * scale / 10u128.pow(frac.len() as u32);
+        total += digits(int) * scale + frac_ns;
         rest = tail;
     }
-    secs_to_duration(total)
-}
-
-fn secs_to_duration(secs: f64) -> Result<Duration, String> {
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration out of range: {secs}"));
+    if total > 1_000_000_000 * 1_000_000_000 {
+        return Err(format!("duration out of range: {s:?} (at most 1e9 s)"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::new(
+        (total / 1_000_000_000) as u64,
+        (total % 1_000_000_000) as u32,
+    ))
 }
 
 #[cfg(test)]
@@ -369,6 +373,16 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(".5m"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h0.5ms"), Ok(Duration::new(3600, 500_000)));
+        assert_eq!(parse_duration("0.0000000019"), Ok(Duration::from_nanos(1)));
+        assert!(parse_duration("1.2.3s").is_err());
+        assert!(parse_duration("5ms3").is_err());
+        assert!(parse_duration(".").is_err());
+        assert!(parse_duration("1000000001").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
     }
 
     #[test]
