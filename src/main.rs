@@ -240,7 +240,7 @@ fn supervise(mut cfg: Box<Config>) -> i32 {
         runtime_check: runtime_summary,
         runtime_wait,
     };
-    match event_loop::EventLoop::new(*cfg, setup) {
+    match event_loop::EventLoop::new(cfg, setup) {
         Ok(l) => l.run(),
         Err(e) => {
             eprintln!("microinit: cannot start: {e}");
