@@ -370,7 +370,7 @@ fn an_nginx_include_from_the_line_template_and_its_env_twins() {
         "PUT",
         "/v1/agent/service/register",
         None,
-        Some(r#"{"ID":"evil","Name":"web","Address":"10.0.0.9; }\nserver 6.6.6.6","Port":80}"#),
+        Some(r#"{"ID":"evil","Name":"web","Address":"10.0.0.9; }\nserver 127.6.6.6","Port":80}"#),
     );
     assert_eq!(st, 200);
     app.await_hups(2, "the second instance");

@@ -638,9 +638,9 @@ mod tests {
     fn agent_text_cannot_inject_into_the_config() {
         // Whoever registers an instance chooses its address, id and node name.
         let mut evil_id = inst("10.0.0.3", 82);
-        evil_id.id = "x;\n}\nserver 6.6.6.6:80;".into();
+        evil_id.id = "x;\n}\nserver 127.6.6.6:80;".into();
         let w = web(vec![
-            inst("10.0.0.1;\nserver 6.6.6.6:80", 80),
+            inst("10.0.0.1;\nserver 127.6.6.6:80", 80),
             inst("10.0.0.2}", 81),
             inst("", 83),
             inst(&"a".repeat(256), 84),
