@@ -186,15 +186,11 @@ impl Client {
     pub fn deregister(&self, service_id: &str, name: &str, timeout: Duration) -> Result<(), Error> {
         let path = format!("/v1/agent/service/deregister/{}", encode(service_id));
         // Sent even while an earlier call waits at the agent: after it, on its connection.
-        self.exchange(
-            "PUT",
-            &path,
-            None,
-            &write_perm(name),
-            Some(timeout),
-            false,
-            true,
-        )
+        self.exchange(&Request {
+            timeout: Some(timeout),
+            behind_earlier: true,
+            ..Request::new("PUT", &path, None, &write_perm(name))
+        })
         .map(drop)
     }
 
@@ -250,8 +246,11 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<String, Error> {
         let body = body.map(|b| b.to_string());
-        self.exchange(method, path, body.as_deref(), perm, timeout, false, false)
-            .map(|(text, _)| text.unwrap_or_default())
+        self.exchange(&Request {
+            timeout,
+            ..Request::new(method, path, body.as_deref(), perm)
+        })
+        .map(|(text, _)| text.unwrap_or_default())
     }
 
     /// A blocking query (`GET path?…&index=I&wait=W`): the agent answers when the result changes past index
@@ -269,35 +268,19 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis());
         let timeout = wait + wait / 16 + CALL_TIMEOUT;
-        self.exchange("GET", &path, None, perm, Some(timeout), true, false)
-            .map(|(text, idx)| (text, idx.unwrap_or(0)))
+        self.exchange(&Request {
+            timeout: Some(timeout),
+            not_found_ok: true,
+            ..Request::new("GET", &path, None, perm)
+        })
+        .map(|(text, idx)| (text, idx.unwrap_or(0)))
     }
 
     /// One call, retried once with a re-read token after a 403; the body of a 2xx (None for a 404 when
     /// `not_found_ok`) and the answer's `X-Consul-Index`. While an earlier call waits at the agent, the
     /// call is not sent (`Busy`), unless `behind_earlier`: then it is sent after it, on its connection.
-    #[allow(clippy::too_many_arguments)]
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        perm: &str,
-        timeout: Option<Duration>,
-        not_found_ok: bool,
-        behind_earlier: bool,
-    ) -> Result<(Option<String>, Option<u64>), Error> {
-        let once = || {
-            self.call_once(
-                method,
-                path,
-                body,
-                perm,
-                timeout,
-                not_found_ok,
-                behind_earlier,
-            )
-        };
+    fn exchange(&self, req: &Request<'_>) -> Result<(Option<String>, Option<u64>), Error> {
+        let once = || self.call_once(req);
         match once() {
             Err(e) if e.kind == ErrorKind::Denied && self.reload_token() => once(),
             r => r,
@@ -349,17 +332,16 @@ impl Client {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn call_once(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        perm: &str,
-        timeout: Option<Duration>,
-        not_found_ok: bool,
-        behind_earlier: bool,
-    ) -> Result<(Option<String>, Option<u64>), Error> {
+    fn call_once(&self, req: &Request<'_>) -> Result<(Option<String>, Option<u64>), Error> {
+        let Request {
+            method,
+            path,
+            body,
+            perm,
+            timeout,
+            not_found_ok,
+            behind_earlier,
+        } = *req;
         let token = self.current_token();
         let mut target = format!("{}{path}", self.prefix);
         if !self.scope.is_empty() {
@@ -516,6 +498,37 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// One request to the agent, as [`Client::exchange`] sends it.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    method: &'a str,
+    /// The API path and its query string (the client adds its prefix and namespace/partition scope).
+    path: &'a str,
+    body: Option<&'a str>,
+    /// The ACL permission the call needs (for 403 messages).
+    perm: &'a str,
+    /// The total time limit; None: `CALL_TIMEOUT`.
+    timeout: Option<Duration>,
+    /// A 404 is an answer (None), not an error: a blocking query on a KV key that does not exist yet.
+    not_found_ok: bool,
+    /// Sent even while an earlier call waits at the agent, after it on its connection (deregistration).
+    behind_earlier: bool,
+}
+
+impl<'a> Request<'a> {
+    fn new(method: &'a str, path: &'a str, body: Option<&'a str>, perm: &'a str) -> Self {
+        Request {
+            method,
+            path,
+            body,
+            perm,
+            timeout: None,
+            not_found_ok: false,
+            behind_earlier: false,
+        }
+    }
 }
 
 fn write_perm(name: &str) -> String {
