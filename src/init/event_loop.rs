@@ -105,6 +105,9 @@ pub struct EventLoop {
     last_app_pid: Option<i32>,
     /// The reaper's buffer, kept between wakeups (empty outside `reap`).
     reaped: Vec<(i32, ExitStatus)>,
+    /// The poll set's buffer, kept between wakeups like `reaped` (refilled in `wait_for_events`): with
+    /// Consul on every wakeup polls, and a fresh list would allocate on each signal and reaped orphan.
+    poll_fds: Vec<libc::pollfd>,
     /// A SIGCHLD arrived (or we just started, or signalled leftovers): drain waitpid before anything else.
     reap_due: bool,
     /// Set by `Action::Exit`.
@@ -207,6 +210,7 @@ impl EventLoop {
             app: None,
             last_app_pid: None,
             reaped: Vec::new(),
+            poll_fds: Vec::new(),
             reap_due: true,
             exit_code: None,
             signals_forwarded: 0,
@@ -376,11 +380,13 @@ impl EventLoop {
             self.wait_in_read();
             return;
         }
-        let mut fds = vec![libc::pollfd {
+        let mut fds = std::mem::take(&mut self.poll_fds);
+        fds.clear();
+        fds.push(libc::pollfd {
             fd: self.signals.raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        }];
+        });
         let mut watch = |fd: RawFd| {
             fds.push(libc::pollfd {
                 fd,
@@ -418,6 +424,7 @@ impl EventLoop {
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
+            self.poll_fds = fds;
             return; // EINTR: cannot happen with every signal blocked, but harmless
         }
         // On a timeout (n == 0) nothing is ready, but the control server still has its turn: the end of a
@@ -451,6 +458,7 @@ impl EventLoop {
         }
         self.read_health_output(&fds);
         self.serve_control(&fds);
+        self.poll_fds = fds;
     }
 
     /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it.
