@@ -27,6 +27,20 @@ int main(int argc, char **argv) {
     while (d && (e = readdir(d))) {
         int pid = atoi(e->d_name);
         if (pid <= 1 || pid == getpid()) continue;
+        /* SIGSTOP takes effect on the way back to user space: a child inside execve(2) when it was sent
+         * stops only after the exec, while /proc still shows the old program. Judge once it has stopped. */
+        char stat_path[64], stat[512];
+        snprintf(stat_path, sizeof stat_path, "/proc/%d/stat", pid);
+        for (int tries = 0; tries < 10000; tries++) { /* at most ~1 s: a process forked after the kill */
+            FILE *f = fopen(stat_path, "r");
+            if (!f) break;
+            size_t len = fread(stat, 1, sizeof stat - 1, f);
+            fclose(f);
+            stat[len] = 0;
+            const char *state = strrchr(stat, ')');
+            if (!state || state[1] != ' ' || state[2] == 'T' || state[2] == 't' || state[2] == 'Z') break;
+            usleep(100);
+        }
         char link[64], exe[4096];
         snprintf(link, sizeof link, "/proc/%d/exe", pid);
         ssize_t n = readlink(link, exe, sizeof exe - 1);
