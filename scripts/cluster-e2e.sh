@@ -151,10 +151,29 @@ missing() { comm -23 <(expected_ids) <(passing_ids) | grep -c .; }
 # Passing instances of one host (its agent's own view is what its apps' clients would use via DNS/health).
 host_passing() { curl -fsS -m 5 "http://$(agent_ip "$1"):8500/v1/health/service/$svc?passing" | jq --arg n "$p-c$1" '[.[] | select(.Node.Node == $n)] | length'; }
 converged() { [ "$(ghosts)" = 0 ] && [ "$(missing)" = 0 ]; }
-# wait_converged DEADLINE: seconds it took, or fails with the counts.
+# explain_missing: on stderr, each expected instance that is not passing, with its host agent's own view of its
+# check and the end of its microinit log (a failed convergence should say whose side it is on).
+explain_missing() {
+    local id h host port
+    for id in $(comm -23 <(expected_ids) <(passing_ids)); do
+        port=${id##*-}
+        for h in 1 2 3; do
+            host=$(hostname_of "$p-apps$h")
+            [ "$id" = "$svc-$host-$port" ] || continue
+            echo "cluster: missing $id: host $h agent says $(curl -fsS -m 5 "http://$(agent_ip "$h"):8500/v1/agent/checks" |
+                jq -c --arg id "$id" '[.[] | select(.ServiceID == $id) | {Status, Output}]')" >&2
+            docker exec "$p-apps$h" tail -n 5 "/tmp/log-$((port - 10000))" >&2 || true
+        done
+    done
+}
+# wait_converged DEADLINE: seconds it took, or fails with the counts (and explains the missing on stderr).
 wait_converged() {
     local t0=$SECONDS
-    if poll "$1" converged; then echo $((SECONDS - t0)); else echo "never (ghosts $(ghosts), missing $(missing))"; return 1; fi
+    if poll "$1" converged; then echo $((SECONDS - t0)); else
+        echo "never (ghosts $(ghosts), missing $(missing))"
+        explain_missing
+        return 1
+    fi
 }
 
 # --- storm ----------------------------------------------------------------------------------------------------
