@@ -70,6 +70,40 @@ fn every_forwardable_signal_arrives_exactly_once() {
     assert_eq!(recorded(&f), sent, "each signal exactly once, in order");
 }
 
+/// PID 1's resident file pages (RssFile), in bytes.
+fn rss_file(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("RssFile in /proc/PID/status");
+    kib * 1024
+}
+
+#[test]
+fn once_the_app_runs_pid_1_keeps_only_the_code_it_runs_mapped() {
+    // Start-up maps nearly the whole binary (the kernel maps 64 KiB around each page touched); once the app
+    // runs, PID 1 drops those mappings and its loop maps back only what it runs.
+    let size = std::fs::metadata(bin()).unwrap().len();
+    let (p, f) = recorder(&[], &[]);
+    let bound = size * 3 / 4;
+    let settled = wait_for(T, || (rss_file(p.host_pid) < bound).then_some(()));
+    assert!(
+        settled.is_some(),
+        "RssFile stayed at {} bytes (binary {size} bytes, bound {bound})",
+        rss_file(p.host_pid)
+    );
+    // Forwarding still works, and maps back only what it runs.
+    send_and_await(&p, &f, libc::SIGHUP, libc::SIGHUP);
+    send_and_await(&p, &f, libc::SIGUSR1, libc::SIGUSR1);
+    assert!(rss_file(p.host_pid) < bound, "{}", rss_file(p.host_pid));
+    p.signal(libc::SIGTERM);
+    let (st, err) = p.wait(T);
+    assert_eq!(exit_code(st), 0, "{err}");
+    assert_eq!(recorded(&f), [libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM]);
+}
+
 fn run_pid1(args: &[&str]) -> (i32, String) {
     let (st, err) = Pid1::start(args, &[]).wait(T);
     (exit_code(st), err)

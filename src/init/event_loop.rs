@@ -27,6 +27,7 @@ use crate::control::status;
 use crate::init::discovery::{self, Discovery};
 use crate::init::exit_status::ExitStatus;
 use crate::init::lifecycle::{Action, Actions, Awaited, DownReason, Event, Lifecycle, Policy};
+use crate::init::resident;
 use crate::init::signals::{self, signal_name, OriginalMask, Signals};
 use crate::init::spawn::{self, ExecOutcome, SpawnError, SpawnSpec};
 use crate::runtime_check::{self, which::LookupError};
@@ -110,6 +111,8 @@ pub struct EventLoop {
     poll_fds: Vec<libc::pollfd>,
     /// A SIGCHLD arrived (or we just started, or signalled leftovers): drain waitpid before anything else.
     reap_due: bool,
+    /// The start-up code's pages were unmapped (`resident`): once, when the app first runs.
+    startup_code_released: bool,
     /// Set by `Action::Exit`.
     exit_code: Option<i32>,
     /// What the lifecycle asked for when it started; performed first thing in `run`.
@@ -212,6 +215,7 @@ impl EventLoop {
             reaped: Vec::new(),
             poll_fds: Vec::new(),
             reap_due: true,
+            startup_code_released: false,
             exit_code: None,
             signals_forwarded: 0,
             zombies_reaped: 0,
@@ -237,6 +241,12 @@ impl EventLoop {
                 .ok()
         });
         loop {
+            if !self.startup_code_released && self.lifecycle.app_running() {
+                // Once, as the steady state begins: the loop maps back only the code it runs (resident.rs).
+                self.startup_code_released = true;
+                let n = resident::release_read_only_segments();
+                log::debug!("unmapped {} KiB of start-up code and constants", n / 1024);
+            }
             self.publish_metrics();
             // waitpid only after a SIGCHLD: the kernel sends one for every child that dies (orphans
             // reparented to us included), so an idle or forwarding wakeup costs no extra syscall.
@@ -470,18 +480,21 @@ impl EventLoop {
         self.serve_control(&[]);
     }
 
-    /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing.
+    /// The nearest timer, if any. Runs on every wakeup, so it allocates nothing; and it is plain code, not
+    /// an array iterator, whose out-of-line std code would keep a window of the binary mapped that nothing
+    /// else in the steady state runs (`resident`).
     fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.lifecycle.next_deadline(),
+        let mut next = self.lifecycle.next_deadline();
+        next = earliest(
+            next,
             self.runtime_wait.as_ref().map(|w| w.waiter.next_check()),
-            self.health_deadline(),
+        );
+        next = earliest(next, self.health_deadline());
+        next = earliest(
+            next,
             self.control.as_ref().and_then(ControlServer::deadline),
-            self.discovery.as_ref().and_then(Discovery::deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        );
+        earliest(next, self.discovery.as_ref().and_then(Discovery::deadline))
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -734,5 +747,14 @@ impl EventLoop {
             }
             registration::Event::MaintenanceResult(r) => self.on_maintenance_result(r),
         }
+    }
+}
+
+/// The earlier of two optional instants (`Option`'s own ordering puts None first).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }

@@ -10,5 +10,6 @@ pub mod exit_status;
 pub mod lifecycle;
 pub mod probes;
 pub mod reaper;
+pub mod resident;
 pub mod signals;
 pub mod spawn;
