@@ -17,6 +17,8 @@ features=()
 out=$tdir/dist/microinit${MICROINIT_FEATURES:+-$MICROINIT_FEATURES}
 
 cd "$repo"
+# The steady state's code first in the code segment (the file says why; no effect on behaviour).
+steady="-Clink-arg=-Wl,-T,$repo/scripts/steady-state.ld"
 rustup target add "$target" >&2
 have_nightly() {
     rustup toolchain list | grep -q '^nightly' &&
@@ -29,14 +31,14 @@ if [ "$mode" != stable ] && have_nightly; then
     # .eh_frame: -104 KB) and no panic location is ever printed (location-detail=none drops their strings);
     # optimize_for_size selects std's smaller implementations. Non-PIE: no relocations to process at start.
     CARGO_TARGET_DIR=$tdir/size \
-        RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Crelocation-model=static -Cforce-unwind-tables=no -Zlocation-detail=none" \
+        RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Crelocation-model=static -Cforce-unwind-tables=no -Zlocation-detail=none $steady" \
         cargo +nightly build --release --locked --target "$target" -Z build-std=std,panic_abort \
         -Z build-std-features=optimize_for_size "${features[@]}" >&2
     built=$tdir/size/$target/release/microinit
 else
     [ "$mode" = nightly ] && { echo "build.sh: MICROINIT_BUILD=nightly but no nightly toolchain" >&2; exit 1; }
     echo "build.sh: stable build (no nightly toolchain: the binary is larger)" >&2
-    cargo build --release --locked --target "$target" "${features[@]}" >&2
+    RUSTFLAGS="$steady" cargo build --release --locked --target "$target" "${features[@]}" >&2
     built=$tdir/$target/release/microinit
 fi
 mkdir -p "$(dirname "$out")"

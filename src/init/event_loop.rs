@@ -286,7 +286,7 @@ impl EventLoop {
         self.perform_all(actions);
     }
 
-    fn perform_all(&mut self, actions: Actions) {
+    fn perform_all(&mut self, actions: impl IntoIterator<Item = Action>) {
         for a in actions {
             self.perform(a);
         }
@@ -571,7 +571,18 @@ impl EventLoop {
         {
             return;
         }
-        self.dispatch(Event::Signal(sig));
+        if self.app.as_ref().is_some_and(|a| a.exec_pipe.is_none())
+            && self.lifecycle.forwards_at_once(sig)
+        {
+            // The app gets the signal first, then PID 1 does the bookkeeping: woken after a long idle, every
+            // line of code it runs before kill(2) is a cache miss on the way to the app (scripts/bench.sh).
+            // The exec is confirmed, so `dispatch` would have nothing to look at first.
+            self.forward(sig);
+            let actions = self.lifecycle.on(Event::Signal(sig), Instant::now());
+            self.perform_all(actions.after_forward(sig));
+        } else {
+            self.dispatch(Event::Signal(sig));
+        }
         if signals::is_tty_stop(sig) && self.policy.tty_stop_suspends_init {
             // Job control as dumb-init does: the app stopped, so stop ourselves too; SIGCONT resumes both.
             // (As PID 1 the kernel ignores this, which is harmless.)

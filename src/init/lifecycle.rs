@@ -379,6 +379,13 @@ impl Actions {
     pub fn as_slice(&self) -> &[Action] {
         &self.buf[..self.len]
     }
+
+    /// The actions after the first, which the loop already performed: the `Forward(sig)` that
+    /// `Lifecycle::forwards_at_once(sig)` promised.
+    pub fn after_forward(self, sig: i32) -> impl Iterator<Item = Action> {
+        debug_assert_eq!(self.as_slice().first(), Some(&Action::Forward(sig)));
+        self.into_iter().skip(1)
+    }
 }
 
 impl IntoIterator for Actions {
@@ -618,6 +625,34 @@ impl Lifecycle {
     }
 
     // ---- signals and requests ------------------------------------------------------------------------
+
+    /// True when `Event::Signal(sig)` would, now, begin with `Action::Forward(sig)`: the signal itself, not
+    /// rewritten, delivered before anything else. The loop may then deliver it the moment it arrives and hand
+    /// the event over afterwards (`Actions::after_forward`): the app gets the signal before the bookkeeping,
+    /// which a long-idle PID 1 would otherwise run on cold caches first. Pure; mirrors `on_signal` (the tests
+    /// compare the two in every phase).
+    pub fn forwards_at_once(&self, sig: i32) -> bool {
+        if self.policy.rewritten(sig) != sig {
+            return false;
+        }
+        if !self.policy.stop.stop_signals.contains(sig) {
+            return self.app_running();
+        }
+        match self.phase {
+            // begin_stop's short way: nothing to deregister, no drain, no pre-stop hook.
+            Phase::Running { .. }
+            | Phase::Stopping {
+                intent: Intent::Restart,
+                ..
+            } => !self.registered && self.policy.drain.is_zero() && !self.policy.hooks.pre_stop,
+            Phase::Stopping {
+                intent: Intent::Exit,
+                ..
+            }
+            | Phase::Signalled { .. } => true,
+            _ => false,
+        }
+    }
 
     fn on_signal(&mut self, sig: i32, now: Instant, out: &mut Actions) {
         let to = self.policy.rewritten(sig);

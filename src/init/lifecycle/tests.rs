@@ -1054,3 +1054,116 @@ fn rewrites_from_the_configuration_fill_the_table_and_leave_the_rest_alone() {
     assert_eq!(p.rewritten(SIGUSR1), SIGUSR1);
     assert_eq!(p.rewritten(64), 64);
 }
+
+// ---- forwarding at once ----------------------------------------------------------------------------
+
+/// A lifecycle in every phase, under the policies that change what a signal does first.
+fn one_of_each_phase(c: &Clock) -> Vec<(&'static str, Lifecycle)> {
+    let with = |f: fn(&mut Policy)| {
+        let mut p = policy();
+        f(&mut p);
+        p
+    };
+    let after = |mut l: Lifecycle, events: &[Event]| {
+        for ev in events {
+            l.on(*ev, c.ms(10));
+        }
+        l
+    };
+    let wait = Some((Awaited::RuntimeVolume, Duration::from_secs(30)));
+    vec![
+        ("waiting", Lifecycle::start(policy(), wait, c.ms(0)).0),
+        (
+            "pre-start",
+            Lifecycle::start(with(|p| p.hooks.pre_start = true), None, c.ms(0)).0,
+        ),
+        ("spawning", Lifecycle::start(policy(), None, c.ms(0)).0),
+        ("running", running(policy(), c)),
+        ("running, registered", running(consul(0), c)),
+        (
+            "running, drain",
+            running(with(|p| p.drain = Duration::from_secs(1)), c),
+        ),
+        (
+            "running, pre-stop hook",
+            running(with(|p| p.hooks.pre_stop = true), c),
+        ),
+        (
+            "running, TERM rewritten to QUIT",
+            running(with(|p| p.rewrite[SIGTERM as usize] = SIGQUIT as u8), c),
+        ),
+        (
+            "running, HUP dropped",
+            running(with(|p| p.rewrite[SIGHUP as usize] = 0), c),
+        ),
+        (
+            "running, QUIT a stop signal",
+            running(
+                with(|p| p.stop.stop_signals = p.stop.stop_signals.with(SIGQUIT)),
+                c,
+            ),
+        ),
+        ("deregistering", after(running(consul(0), c), &[TERM])),
+        ("restarting", after(running(policy(), c), &[Event::Restart])),
+        (
+            "restarting, registered",
+            after(running(consul(0), c), &[Event::Restart]),
+        ),
+        ("signalled", after(running(policy(), c), &[TERM])),
+        (
+            "backing off",
+            after(
+                running(with(|p| p.restart = RestartPolicy::Always), c),
+                &[Event::AppExited(ExitStatus::Code(1))],
+            ),
+        ),
+        (
+            "exiting",
+            after(
+                running(policy(), c),
+                &[Event::AppExited(ExitStatus::Code(0))],
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn forwarding_at_once_is_promised_exactly_when_the_forward_comes_first_in_every_phase() {
+    let c = Clock::new();
+    let mut promised = 0;
+    for (name, l) in one_of_each_phase(&c) {
+        for sig in 1..=64 {
+            let first = l
+                .clone()
+                .on(Event::Signal(sig), c.ms(20))
+                .as_slice()
+                .first()
+                .copied();
+            assert_eq!(
+                l.forwards_at_once(sig),
+                first == Some(Action::Forward(sig)),
+                "{name}, signal {sig}: first action {first:?}"
+            );
+            promised += usize::from(l.forwards_at_once(sig));
+        }
+    }
+    assert!(promised > 0);
+}
+
+#[test]
+fn a_plain_stop_request_to_a_running_app_is_forwarded_at_once_and_a_registered_one_is_not() {
+    let c = Clock::new();
+    assert!(running(policy(), &c).forwards_at_once(SIGTERM));
+    assert!(running(policy(), &c).forwards_at_once(SIGUSR1));
+    assert!(!running(consul(0), &c).forwards_at_once(SIGTERM));
+    assert!(running(consul(0), &c).forwards_at_once(SIGUSR1));
+}
+
+#[test]
+fn what_follows_a_forward_done_at_once_is_the_rest_of_the_actions() {
+    let c = Clock::new();
+    let mut l = running(policy(), &c);
+    let a = l.on(Event::Signal(SIGUSR1), c.ms(5));
+    assert_eq!(a.after_forward(SIGUSR1).count(), 0);
+    assert!(matches!(l.phase(), Phase::Running { .. }));
+}
