@@ -71,6 +71,7 @@ if [ "$install" -eq 1 ]; then
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v unshare >/dev/null || need+=(util-linux)
     if want check && [ ! -x /usr/bin/node ]; then need+=(nodejs); fi
+    if want signal && ! command -v perf >/dev/null; then need+=(linux-perf); fi
     # `--features https` pulls in ring, whose C parts need a musl C compiler for the musl target.
     if want consul && [ "$build" -eq 1 ] && ! command -v x86_64-linux-musl-gcc >/dev/null; then need+=(musl-tools); fi
     if [ ${#need[@]} -gt 0 ]; then
@@ -326,6 +327,24 @@ if want signal; then
         val[sig50|$i]=$(pct "$work/sig.$i" 50)
         val[sig99|$i]=$(pct "$work/sig.$i" 99)
     done
+    # Where that time goes: mostly two wakeups of idle CPUs (the init's, then the app's), which no init controls.
+    # The init's own part, from the end of the syscall it slept in to its kill(2), under perf's syscall
+    # tracepoints, in a second run of its own (tracing slows every syscall a little). Skipped without perf.
+    row sigown "SIGTERM: the init's own time, wakeup → kill(2) (perf syscall tracepoints), median" us "le:best"
+    [ -d /sys/kernel/tracing/events/syscalls ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+    if [ ${#names[@]} -gt 0 ] && command -v perf >/dev/null &&
+        perf record -q -e syscalls:sys_enter_kill -e syscalls:sys_exit_read -e syscalls:sys_exit_rt_sigtimedwait \
+            -o "$work/sig.perf" -- "$helper" fwd "$sig_runs" 1 "${cmds[@]}" >/dev/null 2>"$work/perf.err"; then
+        perf script -i "$work/sig.perf" -F comm,pid,time,event,trace --ns 2>/dev/null |
+            awk -f "$repo/scripts/bench/sigpath.awk" >"$work/sigown.all"
+        for i in "${inits[@]}"; do
+            # The kernel names a process after its file's first 15 bytes.
+            awk -v c="$(basename "${bin[$i]}" | cut -c1-15)" '$1 == c { print $2 }' "$work/sigown.all" >"$work/sigown.$i"
+            if [ -s "$work/sigown.$i" ]; then val[sigown|$i]=$(pct "$work/sigown.$i" 50); fi
+        done
+    else
+        note "signal: no perf syscall tracepoints here ($(tail -n1 "$work/perf.err" 2>/dev/null)): own-time row left empty"
+    fi
 fi
 
 # ---------------------------------------------------------------- orphans
