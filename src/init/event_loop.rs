@@ -471,7 +471,9 @@ impl EventLoop {
         self.poll_fds = fds;
     }
 
-    /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it.
+    /// The idle wait: one batch of signals, then the control socket if a SIGIO came with it. A function of
+    /// its own, linked next to what it calls on the way to kill(2) (scripts/steady-state.ld).
+    #[inline(never)]
     fn wait_in_read(&mut self) {
         let batch = self.signals.wait_batch();
         for s in batch.iter() {
