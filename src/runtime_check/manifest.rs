@@ -11,13 +11,13 @@
 //!   dir MTIME|- PATH        each scanned directory with its mtime in seconds ("-": it did not exist)
 //!   link PATH               each link into the runtime directory
 //!
-//! Validity: adding or removing a link changes its directory's mtime, so the manifest holds while every
-//! directory still has the recorded mtime. Seconds only: image layers keep whole seconds (the tar format),
-//! and a pulled image must not look changed. A change within the recorded second would not show: the
-//! manifest is written only once that second is over (`settle`), so every later change lands in a later one. A build that clamps timestamps (SOURCE_DATE_EPOCH) can give a
-//! changed directory its old mtime back; hence a second rule: every directory must be strictly older than
-//! the manifest file (whose mtime is set past the newest directory when it is written). Clamping makes them
-//! equal, so a clamped image falls back to the scan: correct, at the scan's cost.
+//! Validity: adding or removing a link changes its directory's mtime, so the manifest holds while every directory
+//! still has the recorded mtime. Seconds only: image layers keep whole seconds (the tar format), and a pulled image
+//! must not look changed. A change within the recorded second would not show: the manifest is written only once that
+//! second is over (`settle`), so every later change lands in a later one. A build that clamps timestamps
+//! (SOURCE_DATE_EPOCH) can give a changed directory its old mtime back; hence a second rule: every directory must be
+//! strictly older than the manifest file (whose mtime is set past the newest directory when it is written). Clamping
+//! makes them equal, so a clamped image falls back to the scan: correct, at the scan's cost.
 
 use std::fs;
 use std::io::{self, Write};
